@@ -1,0 +1,100 @@
+"""Backends: ``reference`` (eager PyTorch, materialises the weights) and ``fused``
+(``torch.ops.attnzoo``, one pass over key blocks); ``auto`` picks fused when it can.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .masks import MaskSpec
+from .ops import reference
+from .pooling import pool
+from .scoring import Additive, Bilinear
+
+BACKENDS = ("auto", "fused", "reference")
+_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+                    "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: got {backend!r}, expected one of {BACKENDS}")
+    return backend
+
+
+def fused_form(score, pooling: str, query: Tensor, key: Tensor) -> Bilinear | Additive | None:
+    """The kernel family computing ``score`` on these inputs, or None."""
+    if pooling == "average":  # scores unused: any bilinear form will do
+        return Bilinear(query.new_zeros(*query.shape[:-1], 1), key.new_zeros(*key.shape[:-1], 1))
+    fused = getattr(score, "fused", None)
+    return fused(query, key) if callable(fused) else None
+
+
+def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
+    """``(backend, reason, form)`` for ``score`` x ``pooling`` on these inputs; ``form`` is None for reference."""
+    if backend == "reference":
+        return "reference", "reference: requested with backend='reference'", None
+    if backend == "auto" and not ops.EXTENSION:
+        return "reference", f"reference: fused ops not compiled ({ops.EXTENSION_STATUS})", None
+    compiled = _compiled_for(query)
+    if backend == "auto" and not compiled:
+        return "reference", (f"reference: no compiled kernel for {query.device.type} / {query.dtype} "
+                             f"(compiled: {', '.join(ops.compiled_devices()) or 'none'})"), None
+    form = fused_form(score, pooling, query, key)
+    if form is None:
+        why = f"score {type(score).__name__} has no fused form here (neither bilinear nor additive)"
+        if backend == "fused":
+            raise ValueError(f"backend: 'fused' is not available: {why}")
+        return "reference", f"reference: {why}", None
+    if not isinstance(form, (Bilinear, Additive)):
+        raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Additive or None, got {form!r}")
+    family = type(form).__name__.lower()
+    where = "compiled kernels" if compiled else "the ops' eager implementation (extension not compiled)"
+    return "fused", f"fused: {family} family, {query.device.type} / {query.dtype}, on {where}", form
+
+
+def _compiled_for(query: Tensor) -> bool:
+    dev = query.device.type
+    return dev in ops.compiled_devices() and query.dtype in _COMPILED_DTYPES.get(dev, ())
+
+
+def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
+    return t.reshape(-1, *t.shape[n_batch_dims:])
+
+
+def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tensor, value: Tensor,
+              spec: MaskSpec, return_weights: bool) -> tuple[Tensor, Tensor | None]:
+    """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the saved log-sum-exp."""
+    nb = len(spec.batch)
+    valid_lens, mask = spec.flat()
+    kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling, causal=spec.causal, window=spec.window)
+    v = _flat(value, nb)
+    if isinstance(form, Bilinear):
+        kb = None if form.key_bias is None else _flat(form.key_bias, nb)
+        out, lse, argmax = ops.bilinear_attention(_flat(form.q, nb), _flat(form.k, nb), v, kb, form.scale, **kw)
+    else:
+        out, lse, argmax = ops.additive_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v, **kw)
+    out = out.reshape(*spec.batch, *out.shape[1:])
+    if not return_weights:
+        return out, None
+    return out, _weights_from_lse(form, pooling, query, spec, lse.reshape(*spec.batch, -1), argmax)
+
+
+def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
+    """``w_ij = exp(s_ij - lse_i)`` on valid keys, with ``s`` recomputed from the kernel's own form."""
+    valid = spec.dense(query.device)
+    if pooling == "average":
+        return pool(None, valid, "average", query.dtype)
+    if isinstance(form, Bilinear):
+        s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
+    else:
+        s = reference.additive_terms(form.a, form.b, form.w)[1]
+    finite = torch.isfinite(lse).unsqueeze(-1)
+    p = torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)).masked_fill(~valid, 0.0).to(query.dtype)
+    if pooling != "hard":
+        return p
+    idx = argmax.reshape(*spec.batch, -1, 1)
+    onehot = torch.zeros_like(p).scatter_(-1, idx.clamp_min(0), 1.0) * (idx >= 0)
+    return onehot + (p - p.detach())

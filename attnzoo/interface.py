@@ -1,0 +1,46 @@
+"""The one interface every attention variant implements."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .masks import MaskSpec
+from .validation import check_qkv, mask_spec
+
+
+class Attention(nn.Module):
+    """Base class of every attnzoo variant.
+
+    ``out = attn(query, key, value, mask=None, *, valid_lens=None)`` with
+    query ``(..., Nq, Dq)``, key ``(..., Nk, Dk)``, value ``(..., Nk, Dv)`` returns
+    ``(..., Nq, Dv)`` (:meth:`output_dim` says when it differs).
+    ``return_weights=True`` also returns the weights ``(..., Nq, Nk)``
+    (multi-head: ``(..., H, Nq, Nk)``). Masks: see :mod:`attnzoo.masks`; a query
+    with no valid key gets a zero output, zero weights and zero gradients.
+
+    Subclasses implement :meth:`attend`, which receives validated inputs and a
+    :class:`~attnzoo.masks.MaskSpec`.
+    """
+
+    #: what the conformance suite may expect of this instance (see :mod:`attnzoo.testing`)
+    capabilities: frozenset = frozenset()
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
+                valid_lens: Tensor | None = None, return_weights: bool = False):
+        check_qkv(query, key, value)
+        spec = mask_spec(query, key, mask, valid_lens)
+        out, weights = self.attend(query, key, value, spec, return_weights)
+        return (out, weights) if return_weights else out
+
+    def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
+               return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def output_dim(self, value_dim: int) -> int:
+        """Last dim of the output for values of last dim ``value_dim``."""
+        return value_dim
+
+    def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
+                valid_lens: Tensor | None = None) -> str:
+        """Which backend a call with these inputs would use, and why."""
+        return "reference: this variant has no fused path"

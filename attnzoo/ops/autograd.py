@@ -1,0 +1,113 @@
+"""Fake (meta) kernels, autograd formulas and the public wrappers of the fused ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .reference import HARD, acc_dtype
+from .schemas import POOLINGS
+
+
+def _fwd_fake(x, v, pooling):
+    B, Nq = x.shape[0], x.shape[1]
+    out = x.new_empty(B, Nq, v.shape[-1])
+    lse = x.new_empty(B, Nq, dtype=acc_dtype(x.dtype))
+    if pooling == HARD:
+        return out, lse, x.new_empty(B, Nq, dtype=torch.int64), x.new_empty(B, Nq, v.shape[-1])
+    return out, lse, x.new_empty(0, dtype=torch.int64), x.new_empty(0)
+
+
+@torch.library.register_fake("attnzoo::bilinear_fwd")
+def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window):
+    return _fwd_fake(q, v, pooling)
+
+
+@torch.library.register_fake("attnzoo::additive_fwd")
+def _additive_fwd_fake(a, b, w, v, valid_lens, mask, pooling, causal, window):
+    return _fwd_fake(a, v, pooling)
+
+
+@torch.library.register_fake("attnzoo::bilinear_bwd")
+def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, *rest):
+    dkb = torch.empty_like(key_bias) if key_bias is not None else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dkb
+
+
+@torch.library.register_fake("attnzoo::additive_bwd")
+def _additive_bwd_fake(grad_out, grad_lse, a, b, w, v, *rest):
+    return torch.empty_like(a), torch.empty_like(b), torch.empty_like(w), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output, n_tensors):
+    out, lse, argmax, soft_out = output
+    ctx.mark_non_differentiable(argmax, soft_out)
+    ctx.save_for_backward(*inputs[:n_tensors], out, lse, argmax, soft_out)
+    ctx.rest = inputs[n_tensors:]
+
+
+def _bilinear_setup(ctx, inputs, output):
+    # inputs: q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window
+    _setup(ctx, inputs, output, 4)
+    ctx.mask_args = inputs[5:]
+
+
+def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
+    q, k, v, key_bias, out, lse, argmax, soft_out = ctx.saved_tensors
+    scale = ctx.rest[0]
+    dq, dk, dv, dkb = torch.ops.attnzoo.bilinear_bwd(
+        grad_out.contiguous(), grad_lse, q, k, v, key_bias, scale, *ctx.mask_args, out, lse, argmax, soft_out
+    )
+    return dq, dk, dv, (dkb if key_bias is not None else None), None, None, None, None, None, None
+
+
+def _additive_setup(ctx, inputs, output):
+    # inputs: a, b, w, v, valid_lens, mask, pooling, causal, window
+    _setup(ctx, inputs, output, 4)
+    ctx.mask_args = inputs[4:]
+
+
+def _additive_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
+    a, b, w, v, out, lse, argmax, soft_out = ctx.saved_tensors
+    da, db, dw, dv = torch.ops.attnzoo.additive_bwd(
+        grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.mask_args, out, lse, argmax, soft_out
+    )
+    return da, db, dw, dv, None, None, None, None, None
+
+
+torch.library.register_autograd("attnzoo::bilinear_fwd", _bilinear_backward, setup_context=_bilinear_setup)
+torch.library.register_autograd("attnzoo::additive_fwd", _additive_backward, setup_context=_additive_setup)
+
+
+def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling: got {pooling!r}, expected one of {sorted(POOLINGS)}")
+    return valid_lens, mask, POOLINGS[pooling], bool(causal), -1 if window is None else int(window)
+
+
+def bilinear_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None = None, scale: float = 1.0, *,
+    valid_lens: Tensor | None = None, mask: Tensor | None = None, pooling: str = "soft",
+    causal: bool = False, window: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused ``pool_j(scale * q_i . k_j + key_bias_j) v_j``; 3-D inputs (B, N, D).
+
+    Returns ``(out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq) or empty)``; the
+    mask arguments follow :mod:`attnzoo.ops.schemas`.
+    """
+    out, lse, argmax, _ = torch.ops.attnzoo.bilinear_fwd(
+        q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, causal, window)
+    )
+    return out, lse, argmax
+
+
+def additive_attention(
+    a: Tensor, b: Tensor, w: Tensor, v: Tensor, *,
+    valid_lens: Tensor | None = None, mask: Tensor | None = None, pooling: str = "soft",
+    causal: bool = False, window: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused ``pool_j(sum_h w_h tanh(a_ih + b_jh)) v_j``; a (B, Nq, H), b (B, Nk, H), w (H,)."""
+    out, lse, argmax, _ = torch.ops.attnzoo.additive_fwd(
+        a, b, w, v, *_mask_args(pooling, valid_lens, mask, causal, window)
+    )
+    return out, lse, argmax

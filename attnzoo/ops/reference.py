@@ -1,0 +1,138 @@
+"""Eager, materialising implementations of the ``attnzoo`` ops.
+
+They define the ops' semantics (see :mod:`attnzoo.ops.schemas`), back the ops
+when the extension is not built, and are the oracle the compiled kernels are
+tested against. They build the full ``(B, Nq, Nk)`` score matrix on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SOFT, HARD, AVERAGE = 0, 1, 2
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else uses float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
+    """Bool ``(B, Nq, Nk)``: which (query, key) pairs take part."""
+    i = torch.arange(Nq, device=device).view(Nq, 1)
+    j = torch.arange(Nk, device=device).view(1, Nk)
+    valid = torch.ones(B, Nq, Nk, dtype=torch.bool, device=device)
+    if valid_lens is not None:
+        valid = valid & (j < valid_lens.view(B, Nq, 1))
+    if mask is not None:
+        valid = valid & mask.expand(B, Nq, Nk)
+    if causal:
+        valid = valid & (j <= i)
+    if window >= 0:
+        valid = valid & ((i - j).abs() <= window)
+    return valid
+
+
+def _pool(s: Tensor, v: Tensor, valid: Tensor, pooling: int, out_dtype):
+    """Pool scores ``s`` (B, Nq, Nk) over ``valid`` keys; returns (out, lse, argmax, soft_out, p)."""
+    acc = s.dtype
+    if pooling == AVERAGE:
+        s = torch.zeros_like(s)
+    s = s.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    empty = ~valid.any(-1)
+    p = torch.exp(s - lse.masked_fill(empty, 0.0).unsqueeze(-1))
+    soft_out = (p @ v.to(acc)).to(out_dtype)
+    empty_t = s.new_empty(0, dtype=torch.int64)
+    if pooling != HARD:
+        return soft_out, lse, empty_t, s.new_empty(0, dtype=out_dtype), p
+    argmax = torch.where(empty, -1, s.argmax(-1))
+    onehot = torch.zeros_like(p).scatter_(-1, argmax.clamp_min(0).unsqueeze(-1), 1.0)
+    onehot = onehot.masked_fill(empty.unsqueeze(-1), 0.0)
+    out = (onehot @ v.to(acc)).to(out_dtype)
+    return out, lse, argmax, soft_out, p
+
+
+def bilinear_scores(q, k, key_bias, scale) -> Tensor:
+    """``s_ij = scale * q_i . k_j + key_bias_j`` in the accumulation dtype, (B, Nq, Nk)."""
+    acc = acc_dtype(q.dtype)
+    s = scale * (q.to(acc) @ k.to(acc).transpose(-1, -2))
+    if key_bias is not None:
+        s = s + key_bias.to(acc).unsqueeze(-2)
+    return s
+
+
+def additive_terms(a, b, w):
+    """``t_ijh = tanh(a_ih + b_jh)`` (B, Nq, Nk, H) and ``s_ij = sum_h w_h t_ijh``."""
+    acc = acc_dtype(a.dtype)
+    t = torch.tanh(a.to(acc).unsqueeze(-2) + b.to(acc).unsqueeze(-3))
+    return t, t @ w.to(acc)
+
+
+def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window):
+    B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
+    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
+    out, lse, argmax, soft_out, _ = _pool(bilinear_scores(q, k, key_bias, scale), v, valid, pooling, q.dtype)
+    return out, lse, argmax, soft_out
+
+
+def additive_fwd(a, b, w, v, valid_lens, mask, pooling, causal, window):
+    B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
+    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
+    out, lse, argmax, soft_out, _ = _pool(additive_terms(a, b, w)[1], v, valid, pooling, a.dtype)
+    return out, lse, argmax, soft_out
+
+
+def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out):
+    """Gradients of the pooling: returns (ds (B, Nq, Nk), dv (B, Nk, Dv)) in the accumulation dtype.
+
+    ``p = exp(s - lse)``; ``dv = p^T dO`` (hard: one-hot^T dO);
+    ``ds_ij = p_ij (dO_i . v_j - D_i)`` with ``D_i = dO_i . o_i - grad_lse_i``, where
+    ``o`` is the soft output (``soft_out`` for hard pooling); average pooling has ``ds = 0``.
+    """
+    acc = s.dtype
+    g = grad_out.to(acc)
+    vv = v.to(acc)
+    out_for_delta = soft_out if pooling == HARD else out
+    _, lse, _, _, p = _pool(s, v, valid, pooling, acc)
+    if pooling == HARD:
+        onehot = torch.zeros_like(p).scatter_(-1, argmax.clamp_min(0).unsqueeze(-1), 1.0)
+        onehot = onehot.masked_fill((argmax < 0).unsqueeze(-1), 0.0)
+        dv = onehot.transpose(-1, -2) @ g
+    else:
+        dv = p.transpose(-1, -2) @ g
+    if pooling == AVERAGE:
+        return torch.zeros_like(s), dv
+    delta = (g * out_for_delta.to(acc)).sum(-1)
+    if grad_lse is not None:
+        delta = delta - grad_lse.to(acc)
+    ds = p * (g @ vv.transpose(-1, -2) - delta.unsqueeze(-1))
+    return ds, dv
+
+
+def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window,
+                 out, lse, argmax, soft_out):
+    B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
+    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
+    s = bilinear_scores(q, k, key_bias, scale)
+    ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
+    acc = s.dtype
+    dq = scale * (ds @ k.to(acc))
+    dk = scale * (ds.transpose(-1, -2) @ q.to(acc))
+    dkb = ds.sum(-2).to(key_bias.dtype) if key_bias is not None else q.new_empty(0)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkb
+
+
+def additive_bwd(grad_out, grad_lse, a, b, w, v, valid_lens, mask, pooling, causal, window,
+                 out, lse, argmax, soft_out):
+    B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
+    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
+    t, s = additive_terms(a, b, w)
+    ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
+    acc = s.dtype
+    dpre = ds.unsqueeze(-1) * w.to(acc) * (1 - t * t)  # d s / d (a_ih + b_jh), (B, Nq, Nk, H)
+    da = dpre.sum(-2)
+    db = dpre.sum(-3)
+    dw = (ds.unsqueeze(-1) * t).sum((0, 1, 2))
+    return da.to(a.dtype), db.to(b.dtype), dw.to(w.dtype), dv.to(v.dtype)

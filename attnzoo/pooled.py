@@ -1,0 +1,77 @@
+"""Single-head attention: a score composed with a pooling.
+
+``out_i = sum_j w_ij v_j`` with ``w_i = pooling(s(q_i, k_1..Nk))`` over the valid keys.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import backends
+from .interface import Attention
+from .masks import MaskSpec
+from .pooling import POOLINGS, pool
+from .validation import check_qkv, mask_spec
+
+
+class PooledAttention(Attention):
+    """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average``), optionally causal or windowed.
+
+    ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``.
+    ``backend``: ``"auto"`` (fused when compiled for the inputs), ``"fused"`` or ``"reference"``.
+    """
+
+    def __init__(self, score: nn.Module | None, pooling: str = "soft", *, causal: bool = False,
+                 window: int | None = None, backend: str = "auto"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+            raise ValueError(f"window: expected an int >= 0 (keys with |i - j| <= window), got {window!r}")
+        if score is None and pooling != "average":
+            raise ValueError(f"score: pooling {pooling!r} needs a score, got None")
+        self.score = score
+        self.pooling = pooling
+        self.causal = bool(causal)
+        self.window = window
+        self.backend = backends.check_backend(backend)
+
+    @property
+    def capabilities(self) -> frozenset:
+        """Pooling name, ``bfloat16``, ``positional`` (causal or windowed), ``window``, plus the score's own."""
+        caps = {self.pooling, "bfloat16"}
+        if self.causal or self.window is not None:
+            caps.add("positional")
+        if self.window is not None:
+            caps.add("window")
+        return frozenset(caps | set(getattr(self.score, "capabilities", ())))
+
+    def extra_repr(self) -> str:
+        parts = [f"pooling={self.pooling!r}", f"backend={self.backend!r}"]
+        if self.causal:
+            parts.append("causal=True")
+        if self.window is not None:
+            parts.append(f"window={self.window}")
+        return ", ".join(parts)
+
+    def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
+               return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        spec = spec.with_structure(self.causal, self.window)
+        if self.score is not None and hasattr(self.score, "check"):
+            self.score.check(query, key)
+        backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
+        if backend == "fused":
+            return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights)
+        scores = None if self.pooling == "average" else self.score(query, key)
+        if scores is not None and scores.shape[-2:] != (query.shape[-2], key.shape[-2]):
+            raise ValueError(f"score {type(self.score).__name__} returned shape {tuple(scores.shape)}, "
+                             f"needs (..., Nq, Nk) = (..., {query.shape[-2]}, {key.shape[-2]})")
+        weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
+        out = weights @ value
+        return out, (weights if return_weights else None)
+
+    def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
+                valid_lens: Tensor | None = None) -> str:
+        check_qkv(query, key, value)
+        mask_spec(query, key, mask, valid_lens)
+        return backends.select(self.backend, self.score, self.pooling, query, key)[1]

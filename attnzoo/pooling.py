@@ -1,0 +1,48 @@
+"""Reference poolings: how scores ``s (..., Nq, Nk)`` become weights over the valid keys.
+
+* ``soft``:    ``w_ij = exp(s_ij) / sum_{l valid} exp(s_il)``
+* ``hard``:    ``w_ij = 1[j = argmax_l s_il]`` (first index on ties); the gradient is the
+  soft one (straight-through: ``w = onehot + p - p.detach()``), since the true one is zero.
+* ``average``: ``w_ij = 1 / #valid_i`` (scores are ignored: d2l's baseline)
+
+``local`` is soft pooling with a window mask, see :mod:`attnzoo.masks`.
+A row with no valid key gets all-zero weights (so a zero output) and zero gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+POOLINGS = ("soft", "hard", "average")
+
+
+def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
+    """Softmax over the valid keys of each row; all-zero rows where no key is valid."""
+    s = scores.masked_fill(~valid, float("-inf"))
+    m = s.amax(-1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    denom = e.sum(-1, keepdim=True)
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def one_hot_argmax(scores: Tensor, valid: Tensor) -> Tensor:
+    """One-hot at the first arg-max over the valid keys; all-zero rows where no key is valid."""
+    s = scores.detach().masked_fill(~valid, float("-inf"))
+    idx = s.argmax(-1, keepdim=True)
+    onehot = torch.zeros_like(s).scatter_(-1, idx, 1.0)
+    return onehot * valid.any(-1, keepdim=True)
+
+
+def pool(scores: Tensor | None, valid: Tensor, pooling: str, dtype: torch.dtype) -> Tensor:
+    """Weights ``(..., Nq, Nk)`` of ``pooling`` over ``valid`` keys (``scores`` unused for average)."""
+    if pooling == "average":
+        w = valid.to(dtype)
+        return w / w.sum(-1, keepdim=True).clamp_min(1)
+    if pooling == "soft":
+        return masked_softmax(scores, valid)
+    if pooling == "hard":
+        p = masked_softmax(scores, valid)
+        return one_hot_argmax(scores, valid) + (p - p.detach())
+    raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")

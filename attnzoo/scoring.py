@@ -1,0 +1,72 @@
+"""Scores ``s(q, k)``: the base class and how a score maps onto the fused kernels.
+
+A score is an ``nn.Module`` with ``forward(query (..., Nq, Dq), key (..., Nk, Dk)) -> (..., Nq, Nk)``.
+It may also implement ``fused(query, key)`` returning a :class:`Bilinear` or
+:class:`Additive` description, so the fused kernels can compute it without the
+``Nq x Nk`` matrix; scores without it run on the reference backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class Bilinear:
+    """``s_ij = scale * q_i . k_j + key_bias_j``; q (..., Nq, D), k (..., Nk, D), key_bias (..., Nk) or None.
+
+    A query-only term is dropped: it does not change any pooling over keys.
+    """
+
+    q: Tensor
+    k: Tensor
+    key_bias: Tensor | None = None
+    scale: float = 1.0
+
+
+@dataclass
+class Additive:
+    """``s_ij = sum_h w_h tanh(a_ih + b_jh)``; a (..., Nq, H), b (..., Nk, H), w (H,)."""
+
+    a: Tensor
+    b: Tensor
+    w: Tensor
+
+
+class Score(nn.Module):
+    """Base class of the built-in scores (third-party scores need only ``forward``)."""
+
+    #: query and key need the same last dim (dot, cosine, ...)
+    same_dim: bool = False
+
+    @classmethod
+    def example_options(cls, query_dim: int, key_dim: int) -> dict:
+        """Options that build this score for the given sizes."""
+        return {}
+
+    #: sizes the score was built for (None = any)
+    query_dim: int | None = None
+    key_dim: int | None = None
+
+    def check(self, query: Tensor, key: Tensor) -> None:
+        """Raise a clear error when the inputs don't fit this score."""
+        for name, t, want in (("query", query, self.query_dim), ("key", key, self.key_dim)):
+            if want is not None and t.shape[-1] != want:
+                raise ValueError(
+                    f"{name}: score {type(self).__name__} was built with {name}_dim={want}, "
+                    f"got {name} of shape {tuple(t.shape)}"
+                )
+        if self.same_dim and query.shape[-1] != key.shape[-1]:
+            raise ValueError(
+                f"key: score {type(self).__name__} compares query and key directly, so they need the same "
+                f"last dim; got query {tuple(query.shape)}, key {tuple(key.shape)}"
+            )
+
+    def fused(self, query: Tensor, key: Tensor) -> Bilinear | Additive | None:
+        """How the fused kernels compute this score, or None when they can't."""
+        return None
+
+    def extra_repr(self) -> str:
+        return ""

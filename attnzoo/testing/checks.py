@@ -1,0 +1,321 @@
+"""The conformance checks every attention variant must pass.
+
+Each check is ``check(case)`` raising ``AssertionError`` (or the error a call raised)
+when the variant misbehaves. :class:`Case` builds the variant and its inputs; a
+check's ``needs`` / ``skips`` capabilities decide whether it applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import attnzoo
+
+B, NQ, NK, DQ, DK, DV = 2, 5, 7, 8, 8, 6
+
+
+@dataclass
+class Case:
+    """One variant with its options, able to build instances and inputs."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def make(self, dtype=torch.float64, seed: int = 0) -> attnzoo.Attention:
+        torch.manual_seed(seed)
+        return attnzoo.create(self.name, **self.options).to(dtype)
+
+    @property
+    def capabilities(self) -> frozenset:
+        info = attnzoo.variant_info(self.name)
+        return info.capabilities | frozenset(getattr(self.make(), "capabilities", ()))
+
+    def inputs(self, dtype=torch.float64, batch=(B,), nq=NQ, nk=NK, seed: int = 1, requires_grad=False):
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(*batch, nq, DQ, generator=g, dtype=torch.float64).to(dtype)
+        k = torch.randn(*batch, nk, DK, generator=g, dtype=torch.float64).to(dtype)
+        v = torch.randn(*batch, nk, DV, generator=g, dtype=torch.float64).to(dtype)
+        if requires_grad:
+            for t in (q, k, v):
+                t.requires_grad_(True)
+        return q, k, v
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    fn: Callable[[Case], None]
+    needs: frozenset = frozenset()
+    skips: frozenset = frozenset()
+    doc: str = ""
+
+    def applies(self, capabilities: frozenset) -> bool:
+        return self.needs <= capabilities and not (self.skips & capabilities)
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def check(needs=(), skips=()):
+    def deco(fn):
+        name = fn.__name__
+        CHECKS[name] = Check(name, fn, frozenset(needs), frozenset(skips), (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def _close(a, b, what, atol=1e-10, rtol=1e-8):
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    if not torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=False):
+        raise AssertionError(f"{what}: max abs difference {float((a - b).abs().max()):.3g}")
+
+
+def _weights_shape(attn, batch, nq, nk):
+    heads = (attn.num_heads,) if "multihead" in getattr(attn, "capabilities", ()) else ()
+    return (*batch, *heads, nq, nk)
+
+
+def _key_mask(batch=(B,), nq=NQ, nk=NK):
+    """A key-padding style bool mask (..., 1, Nk) with keys 2 and 5 masked out everywhere."""
+    m = torch.ones(*batch, 1, nk, dtype=torch.bool)
+    m[..., [2, 5]] = False
+    return m
+
+
+def _lengths():
+    return torch.tensor([4, 7])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@check()
+def check_output_shape_dtype(case: Case):
+    """Output (..., Nq, out_dim) in the input dtype, finite, for float32 and float64 and any batch dims."""
+    for dtype in (torch.float32, torch.float64):
+        attn = case.make(dtype)
+        for batch in ((B,), (), (2, 3)):
+            q, k, v = case.inputs(dtype, batch=batch)
+            out = attn(q, k, v)
+            want = (*batch, NQ, attn.output_dim(DV))
+            assert tuple(out.shape) == want, f"output shape {tuple(out.shape)} for inputs {batch}, expected {want}"
+            assert out.dtype == dtype, f"output dtype {out.dtype} for {dtype} inputs"
+            assert torch.isfinite(out).all(), f"non-finite output for {dtype} inputs"
+
+
+@check(needs={"bfloat16"})
+def check_bfloat16(case: Case):
+    """bfloat16 inputs give a bfloat16 output close to the float64 one."""
+    attn64, attn16 = case.make(torch.float64), case.make(torch.bfloat16)
+    q, k, v = case.inputs(torch.float64)
+    out = attn16(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16, f"output dtype {out.dtype} for bfloat16 inputs"
+    _close(out.double(), attn64(q, k, v), "bfloat16 vs float64 output", atol=0.1, rtol=0.1)
+
+
+@check()
+def check_weights_valid(case: Case):
+    """Weights: shape, >= 0, rows over valid keys sum to 1, zero on masked keys; one-hot (hard),
+    uniform (average), zero outside the window (local)."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    lengths = _lengths()
+    out, w = attn(q, k, v, valid_lens=lengths, return_weights=True)
+    caps = case.capabilities
+    want = _weights_shape(attn, (B,), NQ, NK)
+    assert tuple(w.shape) == want, f"weights shape {tuple(w.shape)}, expected {want}"
+    w = w.detach()
+    assert (w >= 0).all(), "negative weights"
+    keys = torch.arange(NK)
+    masked = keys >= lengths.view(B, *([1] * (w.dim() - 2)), 1)
+    assert (w.masked_select(masked.expand_as(w)) == 0).all(), "nonzero weight on a key beyond valid_lens"
+    sums = w.sum(-1)
+    has_key = w.new_ones(sums.shape, dtype=torch.bool)
+    if "window" in caps or "positional" in caps:
+        has_key = _structure_valid(attn, NQ, NK).expand(*lengths.shape, *([1] * (w.dim() - 3)), NQ, NK)
+        has_key = (has_key & ~masked).any(-1).expand_as(sums)
+    ok = (sums - 1).abs() < 1e-8
+    if "compact_support" in caps:
+        ok = ok | (sums == 0)
+    assert ok[has_key].all(), f"weight rows do not sum to 1: {sums[has_key][~ok[has_key]].tolist()[:4]}"
+    assert (sums[~has_key] == 0).all(), "rows without a valid key must have zero weights"
+    if "hard" in caps:
+        assert ((w == 0) | (w == 1)).all(), "hard attention weights must be one-hot"
+    if "average" in caps:
+        nz = w > 0
+        uniform = torch.where(nz, w, 0).amax(-1) - torch.where(nz, w, 2).amin(-1)
+        assert (uniform[has_key].abs() < 1e-12).all(), "average pooling weights must be uniform"
+    if "window" in caps or "positional" in caps:
+        outside = ~_structure_valid(attn, NQ, NK)
+        assert (w.masked_select(outside.expand_as(w)) == 0).all(), "nonzero weight outside the window / causal band"
+
+
+def _structure_valid(attn, nq, nk):
+    inner = getattr(attn, "inner", attn)
+    spec = attnzoo.MaskSpec((), nq, nk, causal=getattr(inner, "causal", False), window=getattr(inner, "window", None))
+    return spec.dense()
+
+
+@check()
+def check_masked_keys_ignored(case: Case):
+    """Changing masked-out keys and values (mask or valid_lens) leaves the output unchanged."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    mask = _key_mask()
+    for kw, hidden in (({"mask": mask}, ~mask.squeeze(-2)),
+                       ({"valid_lens": _lengths()}, torch.arange(NK) >= _lengths().view(B, 1))):
+        k2, v2 = k.clone(), v.clone()
+        k2[hidden] = torch.randn_like(k2[hidden]) * 10
+        v2[hidden] = torch.randn_like(v2[hidden]) * 10
+        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output after changing masked keys ({next(iter(kw))})")
+
+
+@check()
+def check_empty_rows(case: Case):
+    """A query with no valid key: zero output, zero weights, finite gradients, no NaN anywhere."""
+    attn = case.make()
+    q, k, v = case.inputs(requires_grad=True)
+    mask = torch.ones(B, NQ, NK, dtype=torch.bool)
+    mask[0, 1] = False
+    lengths = torch.tensor([NK, 0])
+    out, w = attn(q, k, v, mask, valid_lens=lengths, return_weights=True)
+    assert torch.isfinite(out).all() and torch.isfinite(w).all(), "NaN/inf output or weights with empty rows"
+    for what, rows in (("mask", (0, 1)), ("valid_lens=0", (1, slice(None)))):
+        assert (out[rows] == 0).all(), f"output of a row with no valid key ({what}) is not zero"
+        wr = w[0, ..., 1, :] if what == "mask" else w[1]
+        assert (wr == 0).all(), f"weights of a row with no valid key ({what}) are not zero"
+    (out.sum() + w.sum()).backward()
+    for name, t in (("query", q), ("key", k), ("value", v), *attn.named_parameters()):
+        if t.grad is not None:
+            assert torch.isfinite(t.grad).all(), f"non-finite gradient for {name} with empty rows"
+
+
+@check(skips={"positional"})
+def check_key_permutation(case: Case):
+    """Permuting (key, value) pairs together leaves the output unchanged (no positional notion)."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    perm = torch.randperm(NK, generator=torch.Generator().manual_seed(3))
+    _close(attn(q, k[:, perm], v[:, perm]), attn(q, k, v), "output after permuting keys and values")
+
+
+@check()
+def check_query_independence(case: Case):
+    """Each query's output depends on that query only."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    q2 = q.clone()
+    q2[:, 2] = torch.randn_like(q2[:, 2])
+    a, b = attn(q, k, v), attn(q2, k, v)
+    rows = [i for i in range(NQ) if i != 2]
+    _close(a[:, rows], b[:, rows], "outputs of the other queries after changing query 2")
+
+
+@check()
+def check_batch_independence(case: Case):
+    """Batch elements are independent: changing element 1 leaves element 0 unchanged."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    for t in (q2, k2, v2):
+        t[1] = torch.randn_like(t[1])
+    _close(attn(q, k, v)[0], attn(q2, k2, v2)[0], "output of batch element 0 after changing element 1")
+
+
+@check()
+def check_batch_dims(case: Case):
+    """Leading dims (2, 3) give the same result as each (Nq, D) problem on its own."""
+    attn = case.make()
+    q, k, v = case.inputs(batch=(2, 3))
+    out = attn(q, k, v)
+    for i in range(2):
+        for j in range(3):
+            _close(out[i, j], attn(q[i, j], k[i, j], v[i, j]), f"batch element ({i}, {j}) vs unbatched call")
+
+
+@check()
+def check_valid_lens_equals_mask(case: Case):
+    """valid_lens (B,) and (B, Nq), and the equivalent bool mask, give one result."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    lengths = _lengths()
+    mask = torch.arange(NK) < lengths.view(B, 1, 1)
+    ref = attn(q, k, v, mask)
+    _close(attn(q, k, v, valid_lens=lengths), ref, "valid_lens (B,) vs mask")
+    _close(attn(q, k, v, valid_lens=lengths.view(B, 1).expand(B, NQ)), ref, "valid_lens (B, Nq) vs mask")
+
+
+@check(skips={"multihead"})
+def check_weights_pool_values(case: Case):
+    """The output is the weights applied to the values: out = w @ v."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    out, w = attn(q, k, v, valid_lens=_lengths(), return_weights=True)
+    _close(out, w @ v, "output vs weights @ value")
+
+
+@check()
+def check_gradcheck(case: Case):
+    """torch.autograd.gradcheck in float64 (hard: w.r.t. value, as its score gradient is straight-through)."""
+    attn = case.make()
+    q, k, v = case.inputs(nq=3, nk=4, requires_grad=True)
+    lengths = torch.tensor([3, 2])
+    if "hard" in case.capabilities:
+        ok = torch.autograd.gradcheck(lambda v_: attn(q.detach(), k.detach(), v_, valid_lens=lengths), (v,))
+    else:
+        ok = torch.autograd.gradcheck(lambda *x: attn(*x, valid_lens=lengths), (q, k, v))
+    assert ok, "gradcheck failed"
+
+
+@check()
+def check_state_dict_roundtrip(case: Case):
+    """Loading a saved state_dict into a differently initialised instance reproduces the output."""
+    a, b = case.make(seed=0), case.make(seed=123)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf))
+    q, k, v = case.inputs()
+    _close(b(q, k, v), a(q, k, v), "output after a state_dict round trip", atol=0, rtol=0)
+    _close(copy.deepcopy(a)(q, k, v), a(q, k, v), "output of a deep copy", atol=0, rtol=0)
+
+
+@check()
+def check_deterministic(case: Case):
+    """Two calls with the same inputs give bitwise equal outputs."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    _close(attn(q, k, v, valid_lens=_lengths()), attn(q, k, v, valid_lens=_lengths()), "repeated call",
+           atol=0, rtol=0)
+
+
+def _raises_naming(fn, arg: str, what: str):
+    try:
+        fn()
+    except (ValueError, TypeError) as exc:
+        assert arg in str(exc), f"{what}: the error does not name {arg!r}: {exc}"
+        return
+    except Exception as exc:  # noqa: BLE001
+        got = f"{type(exc).__name__}: {exc}"
+        raise AssertionError(f"{what}: expected ValueError/TypeError naming {arg!r}, got {got}") from exc
+    raise AssertionError(f"{what}: no error raised")
+
+
+@check()
+def check_input_errors(case: Case):
+    """Mismatched shapes, dtypes, devices and bad masks raise a clear error naming the argument."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    _raises_naming(lambda: attn(q, k, v[:, :-1]), "value", "value with fewer rows than keys")
+    _raises_naming(lambda: attn(q, k[:1], v[:1]), "key", "key with another batch size")
+    _raises_naming(lambda: attn(q, k.float(), v), "key", "key in another dtype")
+    _raises_naming(lambda: attn(q, k.to("meta"), v), "key", "key on another device")
+    _raises_naming(lambda: attn(q, k, v, torch.ones(B, NQ, NK + 1, dtype=torch.bool)), "mask", "mask of a wrong shape")
+    _raises_naming(lambda: attn(q, k, v, torch.ones(B, NQ, NK)), "mask", "float mask")
+    _raises_naming(lambda: attn(q, k, v, valid_lens=torch.tensor([1, 2, 3])), "valid_lens", "valid_lens of 3 for B=2")
+    _raises_naming(lambda: attn(q, k, v, valid_lens=torch.tensor([1.0, 2.0])), "valid_lens", "float valid_lens")

@@ -1,0 +1,84 @@
+"""Checks of the common call ``attn(query, key, value, mask, valid_lens=...)``.
+
+Every error names the argument, what it got and what it needs; nothing is
+broadcast silently into a different problem.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .masks import MaskSpec
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_tensor(name: str, t, min_dim: int = 2) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not (t.is_floating_point()):
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name}: expected shape (..., N, D) with at least {min_dim} dims, got {_shape(t)}")
+
+
+def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
+    """Types, ranks, dtypes, devices and the shapes that must agree between query, key and value."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, t)
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} differs from query's {query.dtype}; all inputs need one dtype")
+        if t.device != query.device:
+            raise ValueError(f"{name}: on device {t.device}, query on {query.device}; all inputs need one device")
+    if key.shape[:-2] != query.shape[:-2] or value.shape[:-2] != query.shape[:-2]:
+        raise ValueError(
+            "query, key, value: batch dims must be equal, got query "
+            f"{_shape(query)}, key {_shape(key)}, value {_shape(value)} (batch dims {tuple(query.shape[:-2])}, "
+            f"{tuple(key.shape[:-2])}, {tuple(value.shape[:-2])})"
+        )
+    if value.shape[-2] != key.shape[-2]:
+        raise ValueError(
+            f"value: needs one row per key, Nk = key.shape[-2] = {key.shape[-2]}, got value {_shape(value)}"
+        )
+
+
+def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpec:
+    """Validate ``mask`` and ``valid_lens`` against the inputs and normalise them."""
+    batch, nq, nk = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
+    full = (*batch, nq, nk)
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask: expected a bool tensor (True = attend), got {got}")
+        if mask.device != query.device:
+            raise ValueError(f"mask: on device {mask.device}, query on {query.device}")
+        try:
+            if torch.broadcast_shapes(mask.shape, full) != torch.Size(full):
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(
+                f"mask: shape {_shape(mask)} does not broadcast to (..., Nq, Nk) = {full}"
+            ) from None
+    if valid_lens is not None:
+        if not isinstance(valid_lens, Tensor):
+            valid_lens = torch.as_tensor(valid_lens, device=query.device)
+        if valid_lens.dtype.is_floating_point or valid_lens.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise TypeError(f"valid_lens: expected an integer tensor, got dtype {valid_lens.dtype}")
+        if valid_lens.device != query.device:
+            raise ValueError(f"valid_lens: on device {valid_lens.device}, query on {query.device}")
+        if tuple(valid_lens.shape) == batch:
+            valid_lens = valid_lens.unsqueeze(-1)
+        elif tuple(valid_lens.shape) != (*batch, nq):
+            raise ValueError(
+                f"valid_lens: expected shape {batch} (one length per batch element) or {(*batch, nq)} "
+                f"(one per query), got {_shape(valid_lens)}"
+            )
+        valid_lens = valid_lens.to(torch.int64)
+        if valid_lens.device.type == "cpu" and not torch.compiler.is_compiling() and valid_lens.numel():
+            if int(valid_lens.min()) < 0:
+                raise ValueError(f"valid_lens: lengths must be >= 0, got minimum {int(valid_lens.min())}")
+    return MaskSpec(batch, nq, nk, valid_lens=valid_lens, mask=mask)

@@ -1,0 +1,33 @@
+// The Python module attnzoo._C: importing it registers the ops; build_info()
+// reports how the extension was compiled.
+#include <ATen/cpu/vec/vec.h>
+#include <torch/extension.h>
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch_version"] = TORCH_VERSION;
+#ifdef ATTNZOO_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+#if defined(CPU_CAPABILITY_AVX512)
+  info["cpu_vector_isa"] = "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  info["cpu_vector_isa"] = "avx2";
+#else
+  info["cpu_vector_isa"] = "default";
+#endif
+  info["vector_width_float"] = static_cast<int>(at::vec::Vectorized<float>::size());
+  info["compiler"] = __VERSION__;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "attnzoo compiled kernels (ops are registered under torch.ops.attnzoo)";
+  m.def("build_info", &build_info, "How this extension was compiled");
+}

@@ -1,0 +1,18 @@
+// Schemas of the attnzoo operators. Semantics: attnzoo/ops/schemas.py and
+// attnzoo/ops/reference.py (the eager oracle); tests check both sides agree.
+#include <torch/library.h>
+
+#define ATTNZOO_MASKS "Tensor? valid_lens, Tensor? mask, int pooling, bool causal, int window"
+#define ATTNZOO_SAVED "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
+#define ATTNZOO_FWD_OUT "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out)"
+
+TORCH_LIBRARY(attnzoo, m) {
+  m.def("bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, " ATTNZOO_MASKS
+        ") -> " ATTNZOO_FWD_OUT);
+  m.def("bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
+        "float scale, " ATTNZOO_MASKS ", " ATTNZOO_SAVED
+        ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
+  m.def("additive_fwd(Tensor a, Tensor b, Tensor w, Tensor v, " ATTNZOO_MASKS ") -> " ATTNZOO_FWD_OUT);
+  m.def("additive_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, " ATTNZOO_MASKS
+        ", " ATTNZOO_SAVED ") -> (Tensor da, Tensor db, Tensor dw, Tensor dv)");
+}

@@ -1,0 +1,57 @@
+"""Built-in pooling variants: ``soft``, ``hard``, ``local`` and ``average``.
+
+Each takes ``score=`` (default ``scaled_dot``) plus that score's own options, so any
+registered score composes with any pooling: ``create("hard", score="cosine")``.
+"""
+
+from __future__ import annotations
+
+import attnzoo
+from attnzoo.errors import UnknownNameError
+from attnzoo.pooled import PooledAttention
+from attnzoo.registry import build_score
+
+
+def _score_example(score: str):
+    def example(query_dim, key_dim, value_dim):
+        cls = attnzoo.registry_instance().score(score).cls
+        make = getattr(cls, "example_options", None)
+        return make(query_dim, key_dim) if callable(make) else {}
+
+    return example
+
+
+def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_window: bool = False):
+    def factory(score: str = "scaled_dot", causal: bool = False, window: int | None = default_window,
+                backend: str = "auto", **score_options):
+        if needs_window and window is None:
+            raise ValueError("window: local attention needs window=w (keys with |i - j| <= w), got None")
+        info = attnzoo.registry_instance().score(score)
+        try:
+            built = build_score(info, score_options)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"{exc}; the pooling itself accepts score, causal, window, backend") from None
+        return PooledAttention(built, pooling, causal=causal, window=window, backend=backend)
+
+    factory.__doc__ = doc
+    return factory
+
+
+_soft = _pooling("soft", "Soft attention: softmax of the scores over the valid keys.")
+_hard = _pooling("hard", "Hard attention: one-hot at the arg-max score (first on ties), straight-through gradient.")
+_local = _pooling("soft", "Local attention: softmax over the keys with |i - j| <= window (positions are indices).",
+                  default_window=2, needs_window=True)
+
+
+def _average(causal: bool = False, window: int | None = None, backend: str = "auto"):
+    """Average pooling: uniform weights over the valid keys, ignoring the query (d2l's baseline)."""
+    return PooledAttention(None, "average", causal=causal, window=window, backend=backend)
+
+
+@attnzoo.hookimpl
+def attnzoo_register_variants(register):
+    example = _score_example("scaled_dot")
+    register("soft", _soft, capabilities={"soft"}, example_options=example)
+    register("hard", _hard, capabilities={"hard"}, example_options=example)
+    register("local", _local, capabilities={"soft", "positional", "window"}, example_options=example)
+    register("average", _average, capabilities={"average"})

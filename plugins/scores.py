@@ -1,0 +1,143 @@
+"""Built-in scores ``s(q, k)``; each is also a variant of its name with soft pooling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+import attnzoo
+from attnzoo.scoring import Additive as AdditiveForm
+from attnzoo.scoring import Bilinear, Score
+
+
+class Dot(Score):
+    """Dot product: ``s = q . k`` (Luong); query and key need the same dim."""
+
+    same_dim = True
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        return query @ key.transpose(-1, -2)
+
+    def fused(self, query, key):
+        return Bilinear(query, key)
+
+
+class ScaledDot(Score):
+    """Scaled dot product: ``s = q . k / sqrt(d)`` (Vaswani et al.), d = query dim."""
+
+    same_dim = True
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        return query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+
+    def fused(self, query, key):
+        return Bilinear(query, key, scale=1.0 / math.sqrt(query.shape[-1]))
+
+
+class General(Score):
+    """General / bilinear: ``s = q^T W k`` with a learned ``W`` (query_dim x key_dim) (Luong)."""
+
+    def __init__(self, query_dim: int, key_dim: int):
+        super().__init__()
+        self.query_dim, self.key_dim = query_dim, key_dim
+        self.W = nn.Parameter(torch.empty(query_dim, key_dim))
+        nn.init.normal_(self.W, std=(query_dim * key_dim) ** -0.25)  # scores of the scale of a dot product
+
+    @classmethod
+    def example_options(cls, query_dim, key_dim):
+        return {"query_dim": query_dim, "key_dim": key_dim}
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        return (query @ self.W) @ key.transpose(-1, -2)
+
+    def fused(self, query, key):
+        return Bilinear(query @ self.W, key)
+
+
+class Cosine(Score):
+    """Cosine similarity over a temperature: ``s = q . k / (|q| |k| tau)``; same dims."""
+
+    same_dim = True
+
+    def __init__(self, temperature: float = 1.0, eps: float = 1e-8):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature!r}")
+        self.temperature, self.eps = float(temperature), float(eps)
+
+    def _unit(self, x: Tensor) -> Tensor:
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        return self._unit(query) @ self._unit(key).transpose(-1, -2) / self.temperature
+
+    def fused(self, query, key):
+        return Bilinear(self._unit(query), self._unit(key), scale=1.0 / self.temperature)
+
+
+class Concat(Score):
+    """Concat: ``s = w^T [q; k] = w_q . q + w_k . k`` (Luong's "concat" without a non-linearity).
+
+    Its softmax over keys does not depend on the query at all (``w_q . q`` is constant in
+    each row): every query gets the same weights. Additive attention is this plus a tanh.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int):
+        super().__init__()
+        self.query_dim, self.key_dim = query_dim, key_dim
+        self.w = nn.Linear(query_dim + key_dim, 1, bias=False)
+
+    @classmethod
+    def example_options(cls, query_dim, key_dim):
+        return {"query_dim": query_dim, "key_dim": key_dim}
+
+    def _parts(self):
+        return self.w.weight[0, : self.query_dim], self.w.weight[0, self.query_dim:]
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        wq, wk = self._parts()
+        return (query @ wq).unsqueeze(-1) + (key @ wk).unsqueeze(-2)
+
+    def fused(self, query, key):
+        _, wk = self._parts()  # the query term cancels in every pooling over keys
+        return Bilinear(query.new_zeros(*query.shape[:-1], 1), key.new_zeros(*key.shape[:-1], 1), key @ wk)
+
+
+class Additive(Score):
+    """Additive / MLP (Bahdanau): ``s = v^T tanh(W_q q + W_k k)``, hidden size ``hidden_dim``."""
+
+    def __init__(self, query_dim: int, key_dim: int, hidden_dim: int):
+        super().__init__()
+        self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
+        self.W_q = nn.Linear(query_dim, hidden_dim, bias=False)
+        self.W_k = nn.Linear(key_dim, hidden_dim, bias=False)
+        self.w_v = nn.Linear(hidden_dim, 1, bias=False)
+
+    @classmethod
+    def example_options(cls, query_dim, key_dim):
+        return {"query_dim": query_dim, "key_dim": key_dim, "hidden_dim": 2 * max(query_dim, key_dim)}
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        features = torch.tanh(self.W_q(query).unsqueeze(-2) + self.W_k(key).unsqueeze(-3))
+        return self.w_v(features).squeeze(-1)
+
+    def fused(self, query, key):
+        return AdditiveForm(self.W_q(query), self.W_k(key), self.w_v.weight[0])
+
+
+SCORES = {
+    "dot": Dot,
+    "scaled_dot": ScaledDot,
+    "general": General,
+    "cosine": Cosine,
+    "concat": Concat,
+    "additive": Additive,
+}
+
+
+@attnzoo.hookimpl
+def attnzoo_register_scores(register):
+    for name, cls in SCORES.items():
+        register(name, cls)

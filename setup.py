@@ -1,0 +1,64 @@
+"""Build attnzoo and its compiled extension ``attnzoo._C`` (sources in ``csrc/``).
+
+* C++ kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) are always compiled.
+* CUDA kernels (``csrc/cuda/*.cu``) are compiled when torch is a CUDA build and a
+  CUDA toolkit is found (``TORCH_CUDA_ARCH_LIST`` selects the architectures).
+* ``ATTNZOO_NO_EXTENSION=1`` installs the pure-Python package (reference ops only).
+* ``ATTNZOO_FORCE_CUDA=1`` compiles the CUDA sources even without a visible GPU.
+
+Build against the installed torch: ``pip install --no-build-isolation -e .``.
+"""
+
+import glob
+import os
+import platform
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(*patterns):
+    return sorted(p for pat in patterns for p in glob.glob(os.path.join("csrc", pat)))
+
+
+def _extensions():
+    if os.environ.get("ATTNZOO_NO_EXTENSION"):
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        # at::vec picks its vector width from these macros; AVX2 + FMA run on any x86-64 CPU since 2013.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    sources = _sources("*.cpp", "cpu/*.cpp")
+    with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None) and (
+        torch.cuda.is_available() or os.environ.get("ATTNZOO_FORCE_CUDA") or os.environ.get("TORCH_CUDA_ARCH_LIST")
+    )
+    if with_cuda:
+        sources += _sources("cuda/*.cpp", "cuda/*.cu")
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        ext = CUDAExtension(
+            "attnzoo._C", sources, include_dirs=include_dirs,
+            define_macros=define_macros + [("ATTNZOO_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        )
+    else:
+        ext = CppExtension(
+            "attnzoo._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx},
+        )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=["attnzoo", "attnzoo.ops", "attnzoo.testing", "attnzoo_plugins"],
+    package_dir={"attnzoo_plugins": "plugins"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
