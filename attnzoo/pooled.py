@@ -39,12 +39,14 @@ class PooledAttention(Attention):
     @property
     def capabilities(self) -> frozenset:
         """Pooling name, ``bfloat16``, ``positional`` (causal or windowed), ``window``, plus the score's own."""
-        caps = {self.pooling, "bfloat16"}
+        caps = {self.pooling} | set(getattr(self.score, "capabilities", ()))
+        if "compact_support" not in caps:  # bfloat16 rounding moves points across a kernel's support edge
+            caps.add("bfloat16")
         if self.causal or self.window is not None:
             caps.add("positional")
         if self.window is not None:
             caps.add("window")
-        return frozenset(caps | set(getattr(self.score, "capabilities", ())))
+        return frozenset(caps)
 
     def extra_repr(self) -> str:
         parts = [f"pooling={self.pooling!r}", f"backend={self.backend!r}"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import pluggy
+from torch import nn
 
 from . import hookspecs
 from .errors import DuplicateNameError, PluginLoadWarning, UnknownNameError
@@ -222,6 +223,8 @@ def _score_variant(s: ScoreInfo) -> VariantInfo:
 
 def accepted_options(fn) -> tuple[list[str], bool]:
     """Keyword names ``fn`` accepts, and whether it takes ``**kwargs``."""
+    if isinstance(fn, type) and fn.__init__ in (object.__init__, nn.Module.__init__):
+        return [], False  # no __init__ of its own: takes no options
     params = inspect.signature(fn).parameters.values()
     names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return names, any(p.kind is p.VAR_KEYWORD for p in params)

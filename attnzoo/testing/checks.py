@@ -74,7 +74,7 @@ def _close(a, b, what, atol=1e-10, rtol=1e-8):
     if a.shape != b.shape:
         raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     if not torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=False):
-        raise AssertionError(f"{what}: max abs difference {float((a - b).abs().max()):.3g}")
+        raise AssertionError(f"{what}: max abs difference {float((a - b).detach().abs().max()):.3g}")
 
 
 def _weights_shape(attn, batch, nq, nk):
@@ -266,9 +266,13 @@ def check_gradcheck(case: Case):
     q, k, v = case.inputs(nq=3, nk=4, requires_grad=True)
     lengths = torch.tensor([3, 2])
     if "hard" in case.capabilities:
-        ok = torch.autograd.gradcheck(lambda v_: attn(q.detach(), k.detach(), v_, valid_lens=lengths), (v,))
+        fn, inputs = (lambda v_: attn(q.detach(), k.detach(), v_, valid_lens=lengths)), (v,)
     else:
-        ok = torch.autograd.gradcheck(lambda *x: attn(*x, valid_lens=lengths), (q, k, v))
+        fn, inputs = (lambda *x: attn(*x, valid_lens=lengths)), (q, k, v)
+    try:
+        ok = torch.autograd.gradcheck(fn, inputs)
+    except RuntimeError as exc:  # torch.autograd.gradcheck.GradcheckError
+        raise AssertionError(str(exc).splitlines()[0]) from exc
     assert ok, "gradcheck failed"
 
 

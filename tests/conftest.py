@@ -1,0 +1,49 @@
+"""Shared fixtures: a fresh registry per test that touches plugins, and a fake installed plugin."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import attnzoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """Replace the process-wide registry with a new one for the test."""
+    reg = attnzoo.Registry()
+    monkeypatch.setattr(attnzoo, "_REGISTRY", reg)
+    return reg
+
+
+def make_dist(tmp_path: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None) -> Path:
+    """Write an installed-looking distribution (dist-info + modules) under ``tmp_path``; returns the path."""
+    site = tmp_path / "site"
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    eps = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[attnzoo]\n{eps}")
+    for mod, src in (modules or {}).items():
+        (site / f"{mod}.py").write_text(textwrap.dedent(src))
+    return site
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch, fresh_registry):
+    """``installed(name, entry_points, modules, extra_path=())`` puts a distribution on sys.path."""
+
+    def install(name, entry_points, modules=None, extra_path=()):
+        site = make_dist(tmp_path / name, name, entry_points, modules)
+        for p in (site, *extra_path):
+            monkeypatch.syspath_prepend(str(p))
+        return site
+
+    yield install
+    for mod in [m for m in sys.modules if m.startswith(("attnzoo_laplace", "tp_"))]:
+        del sys.modules[mod]
