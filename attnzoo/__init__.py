@@ -51,13 +51,16 @@ def plugin_failures() -> list[PluginFailure]:
 
 
 def create(name: str, *, backend: str = "auto", **options) -> Attention:
-    """Build variant ``name`` with ``options``; ``backend`` is ``"auto"``, ``"fused"`` or ``"reference"``."""
+    """Build variant ``name`` with ``options``; ``backend`` is ``"auto"``, ``"fused"`` or ``"reference"``.
+
+    ``backend`` reaches factories that name it (or take ``**kwargs`` when it is not ``"auto"``).
+    """
     from .backends import check_backend
 
     info = variant_info(name)
     check_backend(backend)
     names, var_kw = accepted_options(info.factory)
-    if "backend" in names or var_kw:
+    if "backend" in names or (var_kw and backend != "auto"):
         options["backend"] = backend
     elif backend != "auto":
         raise ValueError(f"backend: variant {name!r} has only its own implementation, got backend={backend!r}")

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,6 +41,9 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
     if backend == "auto" and not ops.EXTENSION:
         return "reference", f"reference: fused ops not compiled ({ops.EXTENSION_STATUS})", None
     compiled = _compiled_for(query)
+    if backend == "fused" and ops.EXTENSION and not compiled and query.device.type in ops.compiled_devices():
+        raise ValueError(f"backend: 'fused' has no {query.device.type} kernel for {query.dtype} "
+                         f"(it has {', '.join(str(d) for d in _COMPILED_DTYPES[query.device.type])})")
     if backend == "auto" and not compiled:
         return "reference", (f"reference: no compiled kernel for {query.device.type} / {query.dtype} "
                              f"(compiled: {', '.join(ops.compiled_devices()) or 'none'})"), None
@@ -51,7 +56,8 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
     if not isinstance(form, (Bilinear, Additive)):
         raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Additive or None, got {form!r}")
     family = type(form).__name__.lower()
-    where = "compiled kernels" if compiled else "the ops' eager implementation (extension not compiled)"
+    dev = query.device.type
+    where = "compiled kernels" if compiled else f"the ops' eager implementation (no compiled {dev} kernel)"
     return "fused", f"fused: {family} family, {query.device.type} / {query.dtype}, on {where}", form
 
 
@@ -61,7 +67,7 @@ def _compiled_for(query: Tensor) -> bool:
 
 
 def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
-    return t.reshape(-1, *t.shape[n_batch_dims:])
+    return t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
 
 
 def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tensor, value: Tensor,
@@ -91,8 +97,9 @@ def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
         s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
     else:
         s = reference.additive_terms(form.a, form.b, form.w)[1]
+    s = s.masked_fill(~valid, float("-inf"))  # before exp: exp(s - lse) may overflow on masked keys
     finite = torch.isfinite(lse).unsqueeze(-1)
-    p = torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)).masked_fill(~valid, 0.0).to(query.dtype)
+    p = torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)).to(query.dtype)
     if pooling != "hard":
         return p
     idx = argmax.reshape(*spec.batch, -1, 1)

@@ -19,7 +19,7 @@ class Attention(nn.Module):
     with no valid key gets a zero output, zero weights and zero gradients.
 
     Subclasses implement :meth:`attend`, which receives validated inputs and a
-    :class:`~attnzoo.masks.MaskSpec`.
+    :class:`~attnzoo.masks.MaskSpec`; values at keys no query may attend are already zeroed.
     """
 
     #: what the conformance suite may expect of this instance (see :mod:`attnzoo.testing`)
@@ -29,6 +29,9 @@ class Attention(nn.Module):
                 valid_lens: Tensor | None = None, return_weights: bool = False):
         check_qkv(query, key, value)
         spec = mask_spec(query, key, mask, valid_lens)
+        used = spec.keys_in_use()
+        if used is not None:  # padding may hold garbage (NaN, inf), and 0 * NaN would leak into the output
+            value = value.masked_fill(~used.unsqueeze(-1), 0.0)
         out, weights = self.attend(query, key, value, spec, return_weights)
         return (out, weights) if return_weights else out
 

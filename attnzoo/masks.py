@@ -65,8 +65,24 @@ class MaskSpec:
     def split_heads(self, num_heads: int) -> MaskSpec:
         """The same masks for inputs of batch shape ``batch + (num_heads,)``."""
         vl = None if self.valid_lens is None else self.valid_lens.unsqueeze(-2)
-        m = None if self.mask is None else self.mask.unsqueeze(-3)
+        m = None
+        if self.mask is not None:
+            m = self.mask.reshape((1,) * max(0, 2 - self.mask.dim()) + tuple(self.mask.shape)).unsqueeze(-3)
         return replace(self, batch=(*self.batch, num_heads), valid_lens=vl, mask=m)
+
+    def keys_in_use(self) -> Tensor | None:
+        """Bool ``batch + (Nk,)``: keys some query may attend (from lengths and mask), or None if all.
+
+        Cheap: it reduces the user's own (unexpanded) mask and lengths, never a ``Nq x Nk`` matrix.
+        """
+        used = None
+        if self.valid_lens is not None:
+            j = torch.arange(self.nk, device=self.valid_lens.device)
+            used = j < self.valid_lens.amax(-1, keepdim=True)
+        if self.mask is not None:
+            m = self.mask.reshape((1,) * max(0, 2 - self.mask.dim()) + tuple(self.mask.shape)).any(-2)
+            used = m if used is None else used & m
+        return None if used is None else used.expand(*self.batch, self.nk)
 
     def flat(self) -> tuple[Tensor | None, Tensor | None]:
         """Kernel arguments for the batch flattened to ``B``: int64 ``(B, Nq)`` lengths, bool ``(B, Nq, Nk)`` mask."""

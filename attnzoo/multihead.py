@@ -48,8 +48,9 @@ class MultiHeadAttention(Attention):
         self.W_k = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.W_v = nn.Linear(self.vdim, embed_dim, bias=bias)
         self.W_o = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.inner = PooledAttention(build_score(info, score_options), pooling, causal=causal, window=window,
-                                     backend=backend)
+        also = "embed_dim, num_heads, score, pooling, kdim, vdim, bias, causal, window, backend"
+        self.inner = PooledAttention(build_score(info, score_options, also=also), pooling, causal=causal,
+                                     window=window, backend=backend)
 
     @property
     def capabilities(self) -> frozenset:
@@ -73,7 +74,7 @@ class MultiHeadAttention(Attention):
         out, weights = self.inner.attend(q, k, v, spec.split_heads(self.num_heads), return_weights)
         out = self.W_o(out.transpose(-2, -3).flatten(-2))
         spec = spec.with_structure(self.inner.causal, self.inner.window)
-        if not spec.is_empty:  # a query with no valid key outputs zeros, not W_o's bias
+        if not spec.is_empty or spec.nk == 0:  # a query with no valid key outputs zeros, not W_o's bias
             out = out.masked_fill(~spec.dense(query.device).any(-1, keepdim=True), 0.0)
         return out, weights
 
@@ -90,12 +91,14 @@ class MultiHeadAttention(Attention):
 def from_torch(mha: nn.MultiheadAttention, **options) -> MultiHeadAttention:
     """A scaled-dot soft :class:`MultiHeadAttention` holding the weights of ``mha``.
 
-    Same outputs and per-head weights as ``mha`` (in eval mode: attnzoo has no dropout) for
-    batch-first inputs; torch's ``key_padding_mask`` (True = ignore) becomes
-    ``mask=~key_padding_mask[:, None, :]``. ``options`` (e.g. ``backend``) pass to the new module.
+    Same outputs and per-head weights as ``mha`` (in eval mode: attnzoo has no dropout); the new
+    module takes batch-first inputs whatever ``mha.batch_first`` is; torch's ``key_padding_mask``
+    (True = ignore) becomes ``mask=~key_padding_mask[:, None, :]``. Only ``backend`` may be given.
     """
     if not isinstance(mha, nn.MultiheadAttention):
         raise TypeError(f"mha: expected torch.nn.MultiheadAttention, got {type(mha).__name__}")
+    if set(options) - {"backend"}:
+        raise ValueError(f"options: from_torch takes only backend (the rest is fixed by mha), got {sorted(options)}")
     if mha.bias_k is not None or mha.add_zero_attn:
         raise NotImplementedError("mha: add_bias_kv and add_zero_attn have no attnzoo equivalent")
     bias = mha.in_proj_bias is not None

@@ -61,6 +61,9 @@ class PooledAttention(Attention):
         spec = spec.with_structure(self.causal, self.window)
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
+        if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
+            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1])
+            return out, (value.new_zeros(*spec.batch, spec.nq, spec.nk) if return_weights else None)
         backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
         if backend == "fused":
             return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights)

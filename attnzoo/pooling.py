@@ -28,11 +28,11 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
 
 
 def one_hot_argmax(scores: Tensor, valid: Tensor) -> Tensor:
-    """One-hot at the first arg-max over the valid keys; all-zero rows where no key is valid."""
+    """One-hot at the first arg-max over the valid keys; all-zero rows where no valid key has a finite score."""
     s = scores.detach().masked_fill(~valid, float("-inf"))
     idx = s.argmax(-1, keepdim=True)
     onehot = torch.zeros_like(s).scatter_(-1, idx, 1.0)
-    return onehot * valid.any(-1, keepdim=True)
+    return onehot * (s > float("-inf")).any(-1, keepdim=True)  # a row of -inf scores has no key either
 
 
 def pool(scores: Tensor | None, valid: Tensor, pooling: str, dtype: torch.dtype) -> Tensor:

@@ -65,7 +65,7 @@ def _flag(name: str) -> bool:
 
 
 def _describe(cls) -> str:
-    doc = inspect.getdoc(cls) or ""
+    doc = inspect.cleandoc(getattr(cls, "__doc__", None) or "")  # its own docstring, not a base class's
     return doc.splitlines()[0] if doc else ""
 
 
@@ -78,6 +78,7 @@ class Registry:
         self.failures: list[PluginFailure] = []
         self._autoload = autoload
         self._loaded = False
+        self._dist_of: dict[str, str] = {}
         self._cache: tuple[dict, dict] | None = None
 
     # -- plugins -------------------------------------------------------------------------------
@@ -89,36 +90,46 @@ class Registry:
                       PluginLoadWarning, stacklevel=3)
 
     def load_entry_points(self) -> None:
-        """Import every ``attnzoo`` entry point once, each on its own."""
+        """Import every ``attnzoo`` entry point once, each on its own (none with ``autoload=False``)."""
         if self._loaded:
             return
-        self._loaded = True
         blocked = {b.strip() for b in os.environ.get("ATTNZOO_BLOCK_PLUGINS", "").split(",") if b.strip()}
         no_autoload = _flag("ATTNZOO_DISABLE_PLUGIN_AUTOLOAD")
-        seen = set()
-        for ep in metadata.entry_points(group=GROUP):
+        eps = metadata.entry_points(group=GROUP) if self._autoload else ()
+        builtins_first = sorted(eps, key=lambda ep: (ep.dist is None or ep.dist.name != BUILTIN_DIST))
+        for ep in builtins_first:
             dist = ep.dist.name if ep.dist is not None else ""
-            if (dist, ep.name) in seen or ep.name in blocked or dist in blocked:
+            if ep.name in blocked or dist in blocked or (no_autoload and dist != BUILTIN_DIST):
                 continue
-            seen.add((dist, ep.name))
-            if no_autoload and dist != BUILTIN_DIST:
-                continue
-            if self.pm.get_plugin(ep.name) is not None:
+            if ep.name in self._dist_of:
+                if self._dist_of[ep.name] != dist:  # the same name from two distributions: keep the first
+                    self._fail(ep.name, "import", DuplicateNameError(
+                        f"entry point {ep.name!r} is provided by {self._dist_of[ep.name]!r} and {dist!r}"))
                 continue
             try:
-                plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import error must not take the registry down
-                self._fail(ep.name, "import", exc)
-                continue
-            self.pm.register(plugin, name=ep.name)
+                self._add(ep.load(), ep.name)
+            except Exception as exc:  # noqa: BLE001 - any plugin error must not take the registry down
+                self._fail(ep.name, "import", exc)  # re-raises in strict mode
+            self._dist_of[ep.name] = dist
+        self._loaded = True  # not before: in strict mode a failure re-raises on the next call too
         self._cache = None
 
-    def register(self, plugin, name: str | None = None) -> str:
-        """Register a plugin object or module at run time; returns its name."""
-        self.load_entry_points()
+    def _add(self, plugin, name: str | None) -> str:
+        """Register ``plugin``; its hooks must match the specs (a misspelt hook is an error)."""
         name = self.pm.register(plugin, name=name)
         if name is None:
-            raise ValueError(f"plugin: {plugin!r} is already registered or blocked")
+            raise ValueError(f"plugin: {plugin!r} is blocked")
+        try:
+            self.pm.check_pending()
+        except Exception:
+            self.pm.unregister(name=name)
+            raise
+        return name
+
+    def register(self, plugin, name: str | None = None) -> str:
+        """Register a plugin object or module at run time; returns its name. Errors raise."""
+        self.load_entry_points()
+        name = self._add(plugin, name)
         self._cache = None
         return name
 
@@ -150,6 +161,9 @@ class Registry:
         for name, s in scores.items():  # every score is also a soft-pooling variant of its name
             if name not in variants:
                 variants[name] = _score_variant(s)
+            elif variants[name].plugin != s.plugin:
+                raise DuplicateNameError(f"{name!r} is a score of plugin {s.plugin!r} and a variant of plugin "
+                                         f"{variants[name].plugin!r}; every score is also a variant of its name")
         self._cache = (scores, variants)
         return self._cache
 
@@ -210,7 +224,8 @@ def _score_variant(s: ScoreInfo) -> VariantInfo:
     from .pooled import PooledAttention
 
     def factory(backend: str = "auto", causal: bool = False, **options):
-        return PooledAttention(build_score(s, options), "soft", causal=causal, backend=backend)
+        return PooledAttention(build_score(s, options, also="backend, causal"), "soft", causal=causal,
+                               backend=backend)
 
     example = getattr(s.cls, "example_options", None)
     return VariantInfo(
@@ -239,6 +254,10 @@ def check_options(what: str, fn, options: Mapping) -> None:
                                f"accepted: {', '.join(names) or '(none)'}")
 
 
-def build_score(info: ScoreInfo, options: Mapping):
-    check_options(f"score {info.name!r}", info.cls, options)
+def build_score(info: ScoreInfo, options: Mapping, also: str = ""):
+    """``info.cls(**options)``; ``also`` names the caller's own options for the error message."""
+    try:
+        check_options(f"score {info.name!r}", info.cls, options)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc}" + (f"; besides the score's options: {also}" if also else "")) from None
     return info.cls(**options)

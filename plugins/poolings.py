@@ -7,7 +7,6 @@ registered score composes with any pooling: ``create("hard", score="cosine")``.
 from __future__ import annotations
 
 import attnzoo
-from attnzoo.errors import UnknownNameError
 from attnzoo.pooled import PooledAttention
 from attnzoo.registry import build_score
 
@@ -27,10 +26,7 @@ def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_wi
         if needs_window and window is None:
             raise ValueError("window: local attention needs window=w (keys with |i - j| <= w), got None")
         info = attnzoo.registry_instance().score(score)
-        try:
-            built = build_score(info, score_options)
-        except UnknownNameError as exc:
-            raise UnknownNameError(f"{exc}; the pooling itself accepts score, causal, window, backend") from None
+        built = build_score(info, score_options, also="score, causal, window, backend")
         return PooledAttention(built, pooling, causal=causal, window=window, backend=backend)
 
     factory.__doc__ = doc

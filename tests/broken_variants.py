@@ -128,6 +128,24 @@ class NoValidation(Toy):
         return (out, w) if return_weights else out
 
 
+class FirstLengthOnly(Toy):
+    def attend(self, q, k, v, spec, rw):
+        if spec.valid_lens is not None:
+            from dataclasses import replace
+
+            spec = replace(spec, valid_lens=spec.valid_lens[..., :1])
+        return super().attend(q, k, v, spec, rw)
+
+
+class LastOnTies(Toy):
+    capabilities = frozenset({"hard", "bfloat16"})
+
+    def weights(self, s, valid):
+        s = s.masked_fill(~valid, float("-inf"))
+        last = s.shape[-1] - 1 - s.flip(-1).argmax(-1, keepdim=True)
+        return torch.zeros_like(s).scatter_(-1, last, 1.0) * valid.any(-1, keepdim=True)
+
+
 #: check name -> the variant that must fail it
 BROKEN = {
     "check_output_shape_dtype": WrongDtype,
@@ -139,7 +157,8 @@ BROKEN = {
     "check_query_independence": MixesQueries,
     "check_batch_independence": MixesBatch,
     "check_batch_dims": FlattensBatchWrongly,
-    "check_valid_lens_equals_mask": OffByOneLengths,
+    "check_valid_lens_equals_mask": FirstLengthOnly,
+    "check_hard_ties": LastOnTies,
     "check_weights_pool_values": StaleWeights,
     "check_gradcheck": WrongGradient,
     "check_state_dict_roundtrip": UnsavedState,
@@ -152,5 +171,6 @@ class BrokenPlugin:
     @attnzoo.hookimpl
     def attnzoo_register_variants(self, register):
         register("toy", Toy, capabilities={"soft", "bfloat16"})
+        register("off_by_one_lengths", OffByOneLengths, capabilities={"soft", "bfloat16"})
         for check, cls in BROKEN.items():
-            register(f"broken_{check.removeprefix('check_')}", cls, capabilities={"soft", "bfloat16"})
+            register(f"broken_{check.removeprefix('check_')}", cls, capabilities=cls.capabilities)

@@ -25,6 +25,8 @@ def test_from_torch_matches_outputs_and_per_head_weights(kdim, vdim, bias, backe
 
 
 def test_from_torch_rejects_what_it_cannot_express():
+    with pytest.raises(ValueError, match="from_torch takes only backend"):
+        attnzoo.from_torch(torch.nn.MultiheadAttention(8, 2), score="dot")
     with pytest.raises(NotImplementedError, match="add_bias_kv"):
         attnzoo.from_torch(torch.nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(TypeError, match="mha: expected torch.nn.MultiheadAttention"):

@@ -35,7 +35,7 @@ def test_unknown_option_lists_accepted(fresh_registry):
     accepted = "accepted: query_dim, key_dim, hidden_dim"
     with pytest.raises(UnknownNameError, match=rf"unknown option\(s\) hiden_dim; {accepted}"):
         attnzoo.create("additive", query_dim=4, key_dim=4, hiden_dim=8)
-    with pytest.raises(UnknownNameError, match="score 'scaled_dot'.*temperature.*pooling itself accepts"):
+    with pytest.raises(UnknownNameError, match="'scaled_dot'.*temperature.*besides the score's options: score, causal"):
         attnzoo.create("hard", temperature=2.0)
     with pytest.raises(UnknownNameError, match=r"score: unknown name 'cosin'"):
         attnzoo.create("soft", score="cosin")
@@ -161,3 +161,47 @@ def test_example_package_is_discovered_and_conforms(installed):
     check_variant("laplace")
     check_variant("hard", score="laplace")
     check_variant("multihead", score="laplace")
+
+
+def test_misspelt_hook_is_a_recorded_failure(installed):
+    installed("tp-typo", {"tp_typo": "tp_typo"}, {"tp_typo": """
+import attnzoo
+
+@attnzoo.hookimpl
+def attnzoo_register_variants(reg):   # wrong argument name
+    pass
+"""})
+    with pytest.warns(PluginLoadWarning, match="'tp_typo' failed to import"):
+        names = attnzoo.list_variants()
+    assert BUILTIN_VARIANTS <= set(names)
+    assert attnzoo.list_variants() == names  # and it stays loaded
+
+
+def test_entry_point_name_taken_by_another_distribution(installed):
+    installed("tp-dup", {"scores": "tp_good"}, GOOD)
+    with pytest.warns(PluginLoadWarning, match="entry point 'scores' is provided by"):
+        names = attnzoo.list_variants()
+    assert BUILTIN_VARIANTS <= set(names)
+
+
+def test_strict_mode_raises_again_on_retry(installed, monkeypatch):
+    monkeypatch.setenv("ATTNZOO_STRICT_PLUGINS", "1")
+    installed("tp-bad", {"tp_bad": "tp_bad_missing_module"})
+    for _ in range(2):
+        with pytest.raises(ModuleNotFoundError):
+            attnzoo.list_variants()
+
+
+def test_score_and_variant_names_may_not_shadow(fresh_registry):
+    class Shadow:
+        @attnzoo.hookimpl
+        def attnzoo_register_variants(self, register):
+            register("dot", lambda: attnzoo.create("soft"))
+
+    attnzoo.register(Shadow(), name="shadow")
+    with pytest.raises(DuplicateNameError, match="'dot' is a score of plugin 'scores' and a variant of plugin 'shado"):
+        attnzoo.list_variants()
+
+
+def test_registry_without_autoload_is_empty():
+    assert attnzoo.Registry(autoload=False).variants == {}

@@ -82,6 +82,8 @@ torch.library.register_autograd("attnzoo::additive_fwd", _additive_backward, set
 def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: got {pooling!r}, expected one of {sorted(POOLINGS)}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"window: expected None or an int >= 0, got {window!r}")
     return valid_lens, mask, POOLINGS[pooling], bool(causal), -1 if window is None else int(window)
 
 

@@ -41,7 +41,7 @@ def _pool(s: Tensor, v: Tensor, valid: Tensor, pooling: int, out_dtype):
         s = torch.zeros_like(s)
     s = s.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
-    empty = ~valid.any(-1)
+    empty = torch.isneginf(lse)  # no valid key, or only -inf scores
     p = torch.exp(s - lse.masked_fill(empty, 0.0).unsqueeze(-1))
     soft_out = (p @ v.to(acc)).to(out_dtype)
     empty_t = s.new_empty(0, dtype=torch.int64)

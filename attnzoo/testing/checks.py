@@ -156,9 +156,11 @@ def check_weights_valid(case: Case):
 
 
 def _structure_valid(attn, nq, nk):
+    """(Nq, Nk): keys allowed by the variant's causality / window, positions being indices."""
     inner = getattr(attn, "inner", attn)
-    spec = attnzoo.MaskSpec((), nq, nk, causal=getattr(inner, "causal", False), window=getattr(inner, "window", None))
-    return spec.dense()
+    causal, window = getattr(inner, "causal", False), getattr(inner, "window", None)
+    return torch.tensor([[(not causal or j <= i) and (window is None or abs(i - j) <= window)
+                          for j in range(nk)] for i in range(nq)])
 
 
 @check()
@@ -172,7 +174,10 @@ def check_masked_keys_ignored(case: Case):
         k2, v2 = k.clone(), v.clone()
         k2[hidden] = torch.randn_like(k2[hidden]) * 10
         v2[hidden] = torch.randn_like(v2[hidden]) * 10
-        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output after changing masked keys ({next(iter(kw))})")
+        what = next(iter(kw))
+        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output after changing masked keys ({what})")
+        v2[hidden] = float("nan")  # padding is often garbage
+        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output with NaN in masked values ({what})")
 
 
 @check()
@@ -245,9 +250,27 @@ def check_valid_lens_equals_mask(case: Case):
     q, k, v = case.inputs()
     lengths = _lengths()
     mask = torch.arange(NK) < lengths.view(B, 1, 1)
-    ref = attn(q, k, v, mask)
-    _close(attn(q, k, v, valid_lens=lengths), ref, "valid_lens (B,) vs mask")
-    _close(attn(q, k, v, valid_lens=lengths.view(B, 1).expand(B, NQ)), ref, "valid_lens (B, Nq) vs mask")
+    _close(attn(q, k, v, valid_lens=lengths), attn(q, k, v, mask), "valid_lens (B,) vs mask")
+    per_query = torch.tensor([[1, 2, 3, 4, 5], [7, 6, 5, 0, 3]])
+    mask = torch.arange(NK) < per_query.unsqueeze(-1)
+    _close(attn(q, k, v, valid_lens=per_query), attn(q, k, v, mask), "valid_lens (B, Nq) vs mask")
+
+
+@check(needs={"hard"})
+def check_hard_ties(case: Case):
+    """Hard attention breaks ties at the first valid key: all keys equal -> one-hot at the first unmasked one."""
+    attn = case.make()
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(-2, 3, (B, NQ, DQ), generator=g).double()
+    k = torch.randint(-2, 3, (1, 1, DK), generator=g).double().expand(B, NK, DK).contiguous()
+    v = torch.randn(B, NK, DV, generator=g, dtype=torch.float64)
+    mask = torch.ones(B, 1, NK, dtype=torch.bool)
+    mask[1, 0, :2] = False
+    _, w = attn(q, k, v, mask, return_weights=True)
+    first = w.detach().argmax(-1)
+    want = torch.zeros_like(first)
+    want[1] = 2
+    assert (first == want).all() and ((w == 0) | (w == 1)).all(), f"tie broken at keys {first.unique().tolist()}"
 
 
 @check(skips={"multihead"})
