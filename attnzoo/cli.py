@@ -8,6 +8,8 @@ import textwrap
 
 import attnzoo
 
+from . import bench
+
 
 def _list(args) -> int:
     from . import ops
@@ -50,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attnzoo-out", help="folder for the PNGs (default attnzoo-out)")
     p.add_argument("--backend", default="auto", choices=("auto", "fused", "reference"))
     p.set_defaults(func=_demo)
-    try:
-        from . import bench
-    except ImportError:
-        pass
-    else:
-        bench.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

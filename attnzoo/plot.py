@@ -1,0 +1,154 @@
+"""Figures: attention-weight heatmaps (d2l's ``show_heatmaps``) and ``attnzoo bench`` curves.
+
+Figures are built as ``matplotlib.figure.Figure`` objects rendered with Agg: no window is ever
+opened, no pyplot state is touched, and the caller's matplotlib backend is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_BACKEND_ORDER = {"reference": 0, "fused": 1}
+
+
+def _figure(figsize) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path) -> None:
+    if path is not None:
+        directory = os.path.dirname(os.fspath(path))
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _as_grid(matrices) -> list[list]:
+    """``(rows, cols, Nq, Nk)`` tensor/array or nested lists -> rows of 2-D float arrays."""
+    import numpy as np
+
+    def arr(m):
+        if hasattr(m, "detach"):
+            m = m.detach().float().cpu().numpy()
+        a = np.asarray(m, dtype=float)
+        if a.ndim != 2:
+            raise ValueError(f"matrices: each matrix must be 2-D (Nq, Nk), got shape {a.shape}")
+        return a
+
+    if hasattr(matrices, "detach") or hasattr(matrices, "ndim"):
+        if matrices.ndim != 4:
+            raise ValueError(f"matrices: expected shape (rows, cols, Nq, Nk), got {tuple(matrices.shape)}")
+        return [[arr(m) for m in row] for row in matrices]
+    rows = [[arr(m) for m in row] for row in matrices]
+    if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError("matrices: expected a non-empty rows x cols grid")
+    return rows
+
+
+def show_heatmaps(matrices, xlabel: str, ylabel: str, titles: Sequence[str] | None = None,
+                  figsize: tuple[float, float] | None = None, cmap: str = "Reds", path=None) -> Figure:
+    """Attention weights as a grid of heatmaps with one shared colour bar (d2l's ``show_heatmaps``).
+
+    ``matrices``: ``(rows, cols, Nq, Nk)`` (tensor, array or nested lists), e.g.
+    ``weights.reshape(1, 1, Nq, Nk)`` or ``weights[None]`` for multi-head ``(H, Nq, Nk)``.
+    ``titles``: one per column. All panels share one colour scale. ``figsize``: the whole figure,
+    as in d2l (default: about 2.5 x 2.5 inches per panel). ``path``: also save there.
+    Returns the figure (``rows * cols`` heatmap axes plus one colour-bar axes).
+    """
+    grid = _as_grid(matrices)
+    n_rows, n_cols = len(grid), len(grid[0])
+    if titles is not None and len(titles) != n_cols:
+        raise ValueError(f"titles: expected {n_cols} (one per column), got {len(titles)}")
+    vmin = min(float(m.min()) for row in grid for m in row)
+    vmax = max(float(m.max()) for row in grid for m in row)
+    if vmin == vmax:
+        vmax = vmin + 1e-12
+    fig = _figure(figsize or (2.5 * n_cols + 1.0, 2.5 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+    pcm = None
+    for i, (row_axes, row) in enumerate(zip(axes, grid, strict=True)):
+        for j, (ax, m) in enumerate(zip(row_axes, row, strict=True)):
+            pcm = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
+            if i == n_rows - 1:
+                ax.set_xlabel(xlabel)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+            if titles is not None:
+                ax.set_title(titles[j])
+    fig.colorbar(pcm, ax=axes, shrink=0.6)
+    _save(fig, path)
+    return fig
+
+
+def _get(r, key):
+    return r[key] if isinstance(r, Mapping) else getattr(r, key)
+
+
+def plot_bench(results, path=None, figsize: tuple[float, float] = (11.0, 4.2)) -> Figure:
+    """Time (median ms) and peak memory (MiB) against N, log-log, one line per variant x backend x direction.
+
+    ``results``: :class:`attnzoo.benchmarking.Result` objects or their ``as_dict()``; skipped or
+    failed cases are left out. Dotted grey guides of slope 1 and 2 show linear vs quadratic growth.
+    Returns the figure (two axes); ``path``: also save there (PNG by extension).
+    """
+    lines: dict[tuple[str, str, str], list[tuple[int, float | None, float | None]]] = {}
+    for r in results:
+        if _get(r, "status") != "ok":
+            continue
+        key = (_get(r, "variant"), _get(r, "backend"), _get(r, "direction"))
+        mib = _get(r, "peak_bytes")
+        lines.setdefault(key, []).append((_get(r, "n"), _get(r, "median_ms"), None if mib is None else mib / 2**20))
+    fig = _figure(figsize)
+    ax_t, ax_m = fig.subplots(1, 2)
+    # colour = variant, line style and marker = backend (and direction)
+    variants = sorted({k[0] for k in lines})
+    kinds = sorted({k[1:] for k in lines}, key=lambda k: (_BACKEND_ORDER.get(k[0], 9), k))
+    styles = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "v"), ((0, (5, 1, 1, 1)), "D"), ((0, (1, 3)), "x")]
+    for key in sorted(lines, key=lambda k: (variants.index(k[0]), kinds.index(k[1:]))):
+        pts = sorted(lines[key])
+        ls, marker = styles[kinds.index(key[1:]) % len(styles)]
+        label = f"{key[0]} / {key[1]}" + ("" if key[2] == "fwd" else f" ({key[2]})")
+        for ax, k in ((ax_t, 1), (ax_m, 2)):
+            xy = [(p[0], p[k]) for p in pts if p[k] is not None and p[k] > 0]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker=marker, ms=4, color=f"C{variants.index(key[0]) % 10}", ls=ls,
+                        label=label)
+    for ax, title, unit in ((ax_t, "time per call", "median ms"), (ax_m, "peak memory", "MiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("N (queries = keys)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        _guides(ax)
+    handles, labels = ax_t.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _guides(ax) -> None:
+    """Dotted lines of slope 1 (O(N)) and 2 (O(N^2)) through the lower-left corner of the data."""
+    xs, ys = [], []
+    for line in ax.get_lines():
+        xs += list(line.get_xdata())
+        ys += list(line.get_ydata())
+    if len(set(xs)) < 2:
+        return
+    x0, x1, y0 = min(xs), max(xs), min(ys)
+    for slope, name in ((1, "O(N)"), (2, "O(N²)")):
+        y1 = y0 * (x1 / x0) ** slope
+        ax.plot([x0, x1], [y0, y1], ls=":", color="0.6", lw=1)
+        ax.annotate(name, (x1, y1), fontsize="x-small", color="0.4", ha="right", va="bottom")
+    ax.set_ylim(y0 / 1.5, max(ys) * 1.5 if max(ys) > 0 else 1)
+
+
+__all__ = ["plot_bench", "show_heatmaps"]
