@@ -100,7 +100,9 @@ def _plot(data: Data, results: dict, out: Path) -> list[Path]:
     _plot_curves(data, {n: results[n]["pred"] for n in names}, curves)
     heat = out / "demo_weights.png"
     mats = torch.stack([results[n]["weights"] for n in names]).unsqueeze(0)
-    plot.show_heatmaps(mats, xlabel="training inputs (sorted)", ylabel="test inputs", titles=names, path=heat)
+    titles = [n.replace("(", "\n(") for n in names]
+    plot.show_heatmaps(mats, xlabel="training inputs (sorted)", ylabel="test inputs", titles=titles,
+                       figsize=(9, 3.4), path=heat)
     return [curves, heat]
 
 
