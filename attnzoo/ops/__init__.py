@@ -31,6 +31,8 @@ def _load_extension():
 
 _C, EXTENSION_STATUS = _load_extension()
 EXTENSION: bool = _C is not None
+_BUILD_INFO: dict = dict(_C.build_info()) if EXTENSION else {}
+_DEVICES: tuple[str, ...] = (("cpu", "cuda") if _BUILD_INFO.get("cuda") else ("cpu",)) if EXTENSION else ()
 
 
 def _define_fallback():
@@ -51,7 +53,7 @@ def _fill_missing_devices():
 
 if not EXTENSION:
     _define_fallback()
-elif not _C.build_info().get("cuda"):
+elif "cuda" not in _DEVICES:
     _fill_missing_devices()
 
 from . import autograd as _autograd  # noqa: E402  (registers fake kernels and autograd)
@@ -59,14 +61,12 @@ from . import autograd as _autograd  # noqa: E402  (registers fake kernels and a
 
 def build_info() -> dict:
     """What the compiled extension was built with (empty when it is not built)."""
-    return dict(_C.build_info()) if EXTENSION else {}
+    return dict(_BUILD_INFO)
 
 
 def compiled_devices() -> tuple[str, ...]:
     """Device types with compiled kernels: ``("cpu",)``, ``("cpu", "cuda")`` or ``()``."""
-    if not EXTENSION:
-        return ()
-    return ("cpu", "cuda") if build_info().get("cuda") else ("cpu",)
+    return _DEVICES
 
 
 bilinear_attention = _autograd.bilinear_attention

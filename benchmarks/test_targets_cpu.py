@@ -1,0 +1,208 @@
+"""CPU performance targets of the fused ops (pytest-benchmark, 2 threads).
+
+Quick set: ``pytest benchmarks/test_targets_cpu.py``. Everything, slow sizes included:
+``pytest benchmarks/test_targets_cpu.py -m "slow or not slow" -s`` (``test_report`` prints
+the ratios of the run and checks the targets whose both sides ran).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnzoo.ops as ops
+from attnzoo.ops import reference as ref
+
+if not ops.EXTENSION:
+    pytest.skip(f"attnzoo._C is not built ({ops.EXTENSION_STATUS})", allow_module_level=True)
+
+THREADS = 2
+RESULTS: dict[str, float] = {}  # name -> best time (s) of this run
+
+
+@pytest.fixture(autouse=True)
+def _setup(request):
+    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow: select with -m 'slow or not slow'")
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+
+
+def run(benchmark, name, fn, rounds=5, warmup=1):
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    if benchmark.stats is not None:
+        RESULTS[name] = benchmark.stats.stats.min
+
+
+def qkv(N, B=8, D=64, grad=False):
+    return [torch.randn(1, B, N, D, requires_grad=grad) for _ in range(3)]
+
+
+def ours_sdp(q, k, v, **kw):
+    B, N, D = q.shape[1:]
+    return ops.bilinear_attention(q.view(B, N, D), k.view(B, N, D), v.view(B, N, D), scale=D**-0.5, **kw)
+
+
+# --- scaled dot product, (1, 8, N, 64) --------------------------------------------------------
+SDP_SIZES = [1024, pytest.param(4096, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("N", SDP_SIZES)
+@pytest.mark.parametrize("impl", ["sdpa", "fused"])
+def test_sdp_forward(benchmark, impl, N):
+    benchmark.group = f"sdp forward (1, 8, {N}, 64)"
+    q, k, v = qkv(N)
+    fn = (lambda: F.scaled_dot_product_attention(q, k, v)) if impl == "sdpa" else (lambda: ours_sdp(q, k, v))
+    run(benchmark, f"sdp_fwd_{impl}_{N}", fn, rounds=10 if N == 1024 else 3)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "fused"])
+def test_sdp_forward_backward(benchmark, impl):
+    N = 1024
+    benchmark.group = f"sdp forward+backward (1, 8, {N}, 64)"
+    q, k, v = qkv(N, grad=True)
+    if impl == "sdpa":
+        fn = lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()
+    else:
+        fn = lambda: ours_sdp(q, k, v)[0].sum().backward()
+    run(benchmark, f"sdp_fwdbwd_{impl}_{N}", fn, rounds=10)
+
+
+# --- additive, batch 8, dim 64, hidden 64 -----------------------------------------------------
+def d2l_additive(queries, keys, values, W_q, W_k, w_v, valid_lens):
+    """The d2l-style eager additive attention (materialises (B, Nq, Nk, H))."""
+    features = torch.tanh((queries @ W_q.T).unsqueeze(2) + (keys @ W_k.T).unsqueeze(1))
+    scores = (features @ w_v).squeeze(-1)
+    mask = torch.arange(scores.shape[-1]).view(1, 1, -1) < valid_lens.view(-1, 1, 1)
+    weights = torch.softmax(scores.masked_fill(~mask, -1e6), dim=-1)
+    return torch.bmm(weights, values)
+
+
+def additive_inputs(N, B=8, D=64, H=64):
+    q, k, v = (torch.randn(B, N, D) for _ in range(3))
+    W_q, W_k, w_v = torch.randn(H, D) / 8, torch.randn(H, D) / 8, torch.randn(H, 1)
+    return q, k, v, W_q, W_k, w_v, torch.full((B,), N)
+
+
+@pytest.mark.parametrize("impl", [pytest.param("eager", marks=pytest.mark.slow), "fused"])
+def test_additive_forward(benchmark, impl):
+    N = 1024
+    benchmark.group = f"additive forward (8, {N}, 64), hidden 64"
+    q, k, v, W_q, W_k, w_v, vl = additive_inputs(N)
+    if impl == "eager":
+        fn = lambda: d2l_additive(q, k, v, W_q, W_k, w_v, vl)
+        rounds = 2
+    else:
+        a, b = q @ W_q.T, k @ W_k.T  # the projections are inputs of the fused op
+        fn = lambda: ops.additive_attention(a, b, w_v.view(-1), v)
+        rounds = 5
+    run(benchmark, f"additive_fwd_{impl}_{N}", fn, rounds=rounds)
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, time, torch, attnzoo.ops as ops
+    torch.set_num_threads({threads})
+    B, N, D, H = 8, {N}, 64, 64
+    a, b, v = torch.randn(B, N, H), torch.randn(B, N, H), torch.randn(B, N, D)
+    w = torch.randn(H)
+    ops.additive_attention(a[:, :64], b[:, :64], w, v[:, :64])  # warm up allocator and threads
+    with open("/proc/self/statm") as f:  # current RSS (the high-water mark may predate the inputs)
+        before = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    t = time.perf_counter()
+    ops.additive_attention(a, b, w, v)
+    t = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024, t)
+    """
+)
+
+
+@pytest.mark.slow
+def test_additive_memory_8192():
+    """N = 8192 runs with < 1 GiB extra memory (peak RSS delta of a fresh process)."""
+    script = _MEMORY_SCRIPT.format(threads=THREADS, N=8192)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra, seconds = map(float, res.stdout.split())
+    RESULTS["additive_8192_extra_bytes"] = extra
+    RESULTS["additive_fwd_fused_8192"] = seconds
+    print(f"\nadditive N=8192: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
+    assert extra < 2**30
+
+
+# --- Nadaraya-Watson: scalar inputs, n = 10 000 ------------------------------------------------
+@pytest.mark.parametrize("impl", ["sdpa", "fused"])
+def test_nadaraya_watson(benchmark, impl):
+    n, w = 10_000, 1.7
+    benchmark.group = f"nadaraya-watson n={n}"
+    x = torch.rand(1, n, 1) * 5
+    xk = torch.rand(1, n, 1) * 5
+    yk = torch.sin(xk)
+    key_bias = -0.5 * w * w * xk.view(1, n) ** 2  # softmax_j(-(w(x_i - x_j))^2 / 2) up to a row constant
+    if impl == "sdpa":
+        mask = key_bias.view(1, 1, 1, n)
+        fn = lambda: F.scaled_dot_product_attention(
+            x.view(1, 1, n, 1), xk.view(1, 1, n, 1), yk.view(1, 1, n, 1), attn_mask=mask, scale=w * w
+        )
+    else:
+        fn = lambda: ops.bilinear_attention(x, xk, yk, key_bias, w * w)
+    run(benchmark, f"nw_{impl}", fn, rounds=10)
+
+
+# --- local window 64 (scaled dot), N = 1024 -> 8192 -------------------------------------------
+@pytest.mark.parametrize("N", [1024, 8192])
+def test_local_window(benchmark, N):
+    benchmark.group = "local window 64, (1, 8, N, 64)"
+    q, k, v = qkv(N)
+    run(benchmark, f"local_{N}", lambda: ours_sdp(q, k, v, window=64), rounds=10)
+
+
+# --- hard pooling, N = 4096 ---------------------------------------------------------------------
+@pytest.mark.parametrize("impl", [pytest.param("eager", marks=pytest.mark.slow), "fused"])
+def test_hard(benchmark, impl):
+    N = 4096
+    benchmark.group = f"hard (1, 8, {N}, 64)"
+    q, k, v = (x.view(8, N, 64) for x in qkv(N))
+    if impl == "eager":
+        fn = lambda: ref.bilinear_fwd(q, k, v, None, 0.125, None, None, 1, False, -1)
+        rounds = 2
+    else:
+        fn = lambda: ops.bilinear_attention(q, k, v, scale=0.125, pooling="hard")
+        rounds = 3
+    run(benchmark, f"hard_{impl}_{N}", fn, rounds=rounds)
+
+
+# --- targets --------------------------------------------------------------------------------------
+# (name, numerator, denominator, bound): numerator / denominator <= bound
+TARGETS = [
+    ("sdp forward N=1024 / SDPA", "sdp_fwd_fused_1024", "sdp_fwd_sdpa_1024", 1.25),
+    ("sdp forward N=4096 / SDPA", "sdp_fwd_fused_4096", "sdp_fwd_sdpa_4096", 1.25),
+    ("sdp fwd+bwd N=1024 / SDPA", "sdp_fwdbwd_fused_1024", "sdp_fwdbwd_sdpa_1024", 1.5),
+    ("additive fused / d2l eager N=1024", "additive_fwd_fused_1024", "additive_fwd_eager_1024", 1 / 20),
+    ("nadaraya-watson fused / SDPA", "nw_fused", "nw_sdpa", 1.0),
+    ("local window N=8192 / N=1024", "local_8192", "local_1024", 10.0),
+    ("hard fused / eager N=4096", "hard_fused_4096", "hard_eager_4096", 1 / 3),
+]
+
+
+def test_report():
+    """Prints the ratios of this run; checks the targets whose both sides were measured."""
+    lines, missed = [], []
+    for label, num, den, bound in TARGETS:
+        if num not in RESULTS or den not in RESULTS:
+            lines.append(f"{label:40s} not measured in this run")
+            continue
+        ratio = RESULTS[num] / RESULTS[den]
+        ok = ratio <= bound
+        lines.append(f"{label:40s} {ratio:8.3f}  (target <= {bound:.3f})  {'met' if ok else 'MISSED'}")
+        if not ok:
+            missed.append(label)
+    print("\n" + "\n".join(lines))
+    if os.environ.get("ATTNZOO_BENCH_STRICT"):
+        assert not missed, f"targets missed: {missed}"

@@ -1,0 +1,61 @@
+// Mask parameters shared by the CPU and CUDA kernels (plain data, no torch types),
+// and the valid key range of one query row.
+//
+// Key j is valid for query (b, i) iff  lo <= j < hi  (row_range: valid_lens,
+// causal, window)  and  mask[b, i, j]  (mask_ok; true when there is no mask).
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define ATTNZOO_HD __host__ __device__ __forceinline__
+#else
+#define ATTNZOO_HD inline
+#endif
+
+namespace attnzoo {
+
+enum Pooling : int64_t { kSoft = 0, kHard = 1, kAverage = 2 };
+
+struct KeyRange {
+  int64_t lo, hi;  // [lo, hi); empty when hi <= lo (hi is clamped to >= lo)
+};
+
+struct MaskParams {
+  int64_t B, Nq, Nk;
+  const int64_t* valid_lens;  // (B, Nq) or nullptr
+  int64_t vl_sb, vl_si;       // strides of valid_lens (elements)
+  const bool* mask;           // (B, Nq, Nk) or nullptr; any strides (0 for broadcast dims)
+  int64_t m_sb, m_si, m_sj;   // strides of mask (elements)
+  bool causal;
+  int64_t window;  // -1: no window; else |i - j| <= window
+  int64_t pooling;  // Pooling
+};
+
+// Valid key range of query i given its valid length (pass Nk when there are no valid_lens).
+ATTNZOO_HD KeyRange key_range(int64_t i, int64_t Nk, int64_t valid_len, bool causal, int64_t window) {
+  int64_t lo = 0, hi = Nk;
+  if (valid_len < hi) hi = valid_len;
+  if (causal && i + 1 < hi) hi = i + 1;
+  if (window >= 0) {
+    if (i - window > lo) lo = i - window;
+    if (i + window + 1 < hi) hi = i + window + 1;
+  }
+  if (hi < lo) hi = lo;
+  return {lo, hi};
+}
+
+ATTNZOO_HD KeyRange row_range(const MaskParams& p, int64_t b, int64_t i) {
+  const int64_t vl = p.valid_lens ? p.valid_lens[b * p.vl_sb + i * p.vl_si] : p.Nk;
+  return key_range(i, p.Nk, vl, p.causal, p.window);
+}
+
+// Pointer to mask[b, i, 0] (nullptr when there is no mask); step by m_sj along j.
+ATTNZOO_HD const bool* mask_row(const MaskParams& p, int64_t b, int64_t i) {
+  return p.mask ? p.mask + b * p.m_sb + i * p.m_si : nullptr;
+}
+
+ATTNZOO_HD bool mask_ok(const MaskParams& p, const bool* mrow, int64_t j) {
+  return mrow == nullptr || mrow[j * p.m_sj];
+}
+
+}  // namespace attnzoo

@@ -1,0 +1,179 @@
+// Input validation of the attnzoo ops, shared by the CPU and CUDA implementations
+// (host code, device-agnostic). Every failure is a TORCH_CHECK naming the op, the
+// argument, what it got and what it needs.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/params.h"
+
+namespace attnzoo {
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  if (s.size() == 1) o << ",";
+  o << ")";
+  return o.str();
+}
+
+// Check t has exactly `shape`; `names` spells the dims, e.g. "(B, Nk)".
+inline void check_shape(const char* op, const char* arg, const at::Tensor& t, std::vector<int64_t> shape,
+                        const char* names) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), op, ": ", arg, " must have shape ", names, " = ",
+              shape_str(shape), ", got ", shape_str(t.sizes()));
+}
+
+inline void check_rank(const char* op, const char* arg, const at::Tensor& t, int64_t rank, const char* names) {
+  TORCH_CHECK(t.dim() == rank, op, ": ", arg, " must be ", rank, "-D ", names, ", got ", t.dim(), "-D tensor of shape ",
+              shape_str(t.sizes()));
+}
+
+inline void check_float_dtype(const char* op, const char* arg, const at::Tensor& t, bool allow_half) {
+  const auto d = t.scalar_type();
+  const bool ok = d == at::kFloat || d == at::kDouble || d == at::kBFloat16 || (allow_half && d == at::kHalf);
+  TORCH_CHECK(ok, op, ": ", arg, " must be float32, float64, bfloat16", (allow_half ? " or float16" : ""), ", got ",
+              d);
+}
+
+inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
+                             const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", arg, " must have the dtype of ", ref_arg, " (",
+              ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_same_device(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
+                              const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", arg, " must be on the device of ", ref_arg, " (", ref.device(),
+              "), got ", t.device());
+}
+
+// valid_lens, mask, pooling, window for an op with B, Nq, Nk; `ref`/`ref_arg` give the device.
+inline void check_mask_args(const char* op, const at::Tensor& ref, const char* ref_arg, int64_t B, int64_t Nq,
+                            int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
+                            const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window) {
+  if (valid_lens.has_value()) {
+    const auto& vl = *valid_lens;
+    TORCH_CHECK(vl.scalar_type() == at::kLong, op, ": valid_lens must be int64, got ", vl.scalar_type());
+    check_shape(op, "valid_lens", vl, {B, Nq}, "(B, Nq)");
+    check_same_device(op, "valid_lens", vl, ref_arg, ref);
+  }
+  if (mask.has_value()) {
+    const auto& m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool, op, ": mask must be bool, got ", m.scalar_type());
+    check_shape(op, "mask", m, {B, Nq, Nk}, "(B, Nq, Nk)");
+    check_same_device(op, "mask", m, ref_arg, ref);
+  }
+  TORCH_CHECK(pooling >= 0 && pooling <= 2, op, ": pooling must be 0 (soft), 1 (hard) or 2 (average), got ",
+              pooling);
+  TORCH_CHECK(window >= -1, op, ": window must be >= -1 (-1 = no window), got ", window);
+}
+
+// q (B, Nq, D), k (B, Nk, D), v (B, Nk, Dv), key_bias (B, Nk).
+inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& valid_lens,
+                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
+                               bool allow_half) {
+  check_rank(op, "q", q, 3, "(B, Nq, D)");
+  check_rank(op, "k", k, 3, "(B, Nk, D)");
+  check_rank(op, "v", v, 3, "(B, Nk, Dv)");
+  check_float_dtype(op, "q", q, allow_half);
+  const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1);
+  check_shape(op, "k", k, {B, Nk, D}, "(B, Nk, D)");
+  check_shape(op, "v", v, {B, Nk, v.size(2)}, "(B, Nk, Dv)");
+  check_same_dtype(op, "k", k, "q", q);
+  check_same_dtype(op, "v", v, "q", q);
+  check_same_device(op, "k", k, "q", q);
+  check_same_device(op, "v", v, "q", q);
+  if (key_bias.has_value()) {
+    check_shape(op, "key_bias", *key_bias, {B, Nk}, "(B, Nk)");
+    check_same_dtype(op, "key_bias", *key_bias, "q", q);
+    check_same_device(op, "key_bias", *key_bias, "q", q);
+  }
+  check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, pooling, window);
+}
+
+// a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv).
+inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
+                               const at::Tensor& v, const c10::optional<at::Tensor>& valid_lens,
+                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
+                               bool allow_half) {
+  check_rank(op, "a", a, 3, "(B, Nq, H)");
+  check_rank(op, "b", b, 3, "(B, Nk, H)");
+  check_rank(op, "w", w, 1, "(H,)");
+  check_rank(op, "v", v, 3, "(B, Nk, Dv)");
+  check_float_dtype(op, "a", a, allow_half);
+  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1);
+  check_shape(op, "b", b, {B, Nk, H}, "(B, Nk, H)");
+  check_shape(op, "w", w, {H}, "(H,)");
+  check_shape(op, "v", v, {B, Nk, v.size(2)}, "(B, Nk, Dv)");
+  check_same_dtype(op, "b", b, "a", a);
+  check_same_dtype(op, "w", w, "a", a);
+  check_same_dtype(op, "v", v, "a", a);
+  check_same_device(op, "b", b, "a", a);
+  check_same_device(op, "w", w, "a", a);
+  check_same_device(op, "v", v, "a", a);
+  check_mask_args(op, a, "a", B, Nq, Nk, valid_lens, mask, pooling, window);
+}
+
+// Backward extras: grad_out (B, Nq, Dv), grad_lse (B, Nq), and the saved forward outputs.
+// `x` is q (bilinear) or a (additive); its dtype is the input dtype.
+inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tensor& v, const at::Tensor& grad_out,
+                            const c10::optional<at::Tensor>& grad_lse, const at::Tensor& out, const at::Tensor& lse,
+                            const at::Tensor& argmax, const at::Tensor& soft_out, int64_t pooling) {
+  const int64_t B = x.size(0), Nq = x.size(1), Dv = v.size(2);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_shape(op, "grad_out", grad_out, {B, Nq, Dv}, "(B, Nq, Dv)");
+  check_same_dtype(op, "grad_out", grad_out, "the inputs", x);
+  check_same_device(op, "grad_out", grad_out, "the inputs", x);
+  if (grad_lse.has_value()) {
+    check_shape(op, "grad_lse", *grad_lse, {B, Nq}, "(B, Nq)");
+    TORCH_CHECK(grad_lse->scalar_type() == acc, op, ": grad_lse must be ", acc, ", got ", grad_lse->scalar_type());
+    check_same_device(op, "grad_lse", *grad_lse, "the inputs", x);
+  }
+  check_shape(op, "out", out, {B, Nq, Dv}, "(B, Nq, Dv)");
+  check_shape(op, "lse", lse, {B, Nq}, "(B, Nq)");
+  TORCH_CHECK(lse.scalar_type() == acc, op, ": lse must be ", acc, ", got ", lse.scalar_type());
+  check_same_device(op, "out", out, "the inputs", x);
+  check_same_device(op, "lse", lse, "the inputs", x);
+  if (pooling == kHard) {
+    check_shape(op, "argmax", argmax, {B, Nq}, "(B, Nq)");
+    TORCH_CHECK(argmax.scalar_type() == at::kLong, op, ": argmax must be int64, got ", argmax.scalar_type());
+    check_shape(op, "soft_out", soft_out, {B, Nq, Dv}, "(B, Nq, Dv)");
+    check_same_device(op, "argmax", argmax, "the inputs", x);
+    check_same_device(op, "soft_out", soft_out, "the inputs", x);
+  }
+}
+
+// Mask parameters for the kernels. valid_lens / mask must already be on the kernels' device
+// (their data pointers are stored); strides are read from the tensors, so broadcast views work.
+inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
+                                   const c10::optional<at::Tensor>& mask, int64_t pooling, bool causal,
+                                   int64_t window) {
+  MaskParams p{};
+  p.B = B;
+  p.Nq = Nq;
+  p.Nk = Nk;
+  if (valid_lens.has_value()) {
+    p.valid_lens = valid_lens->const_data_ptr<int64_t>();
+    p.vl_sb = valid_lens->stride(0);
+    p.vl_si = valid_lens->stride(1);
+  }
+  if (mask.has_value()) {
+    p.mask = mask->const_data_ptr<bool>();
+    p.m_sb = mask->stride(0);
+    p.m_si = mask->stride(1);
+    p.m_sj = mask->stride(2);
+  }
+  p.causal = causal;
+  p.window = window;
+  p.pooling = pooling;
+  return p;
+}
+
+}  // namespace attnzoo

@@ -1,0 +1,42 @@
+// attnzoo::additive_bwd on CPU (scores and tanh recomputed per block from lse).
+// p_ij = exp(s_ij - lse_i); dv_j = sum_i p_ij dO_i (hard: one-hot of argmax);
+// ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i (o = soft_out for hard; average: ds = 0);
+// with t_ijh = tanh(a_ih + b_jh): da_ih = sum_j ds_ij w_h (1 - t^2), db_jh = sum_i ds_ij w_h (1 - t^2),
+// dw_h = sum_ij ds_ij t_ijh.
+#include <ATen/Dispatch.h>
+
+#include "common/validate.h"
+#include "cpu/additive_scorer.h"
+#include "cpu/ops_cpu.h"
+
+namespace attnzoo::cpu {
+
+Tensor4 additive_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& w, const at::Tensor& v, const OptT& valid_lens, const OptT& mask,
+                     int64_t pooling, bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,
+                     const at::Tensor& argmax, const at::Tensor& soft_out) {
+  const char* op = "attnzoo.additive_bwd";
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, false);
+  check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
+  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
+  const bool hard = pooling == kHard;
+  const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v), go = to_acc(grad_out);
+  const auto gl = to_acc(grad_lse);
+  const auto od = to_acc(hard ? soft_out : out), lsea = lse.contiguous();
+  const auto am = hard ? argmax.contiguous() : argmax;
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
+  std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};
+  AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_bwd", [&] {
+    const scalar_t *ap = aa.const_data_ptr<scalar_t>(), *bp = ba.const_data_ptr<scalar_t>(),
+                   *wp = wa.const_data_ptr<scalar_t>();
+    scalar_t* dap = da.data_ptr<scalar_t>();
+    backward_cpu<scalar_t>(mp, Blocks{}, Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+                           lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
+                           od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,
+                           [&] { return AdditiveScorer<scalar_t>(ap, bp, wp, Nq, Nk, H, dap); });
+  });
+  return {da.to(a.scalar_type()), db.to(b.scalar_type()), dw.to(w.scalar_type()), dv.to(v.scalar_type())};
+}
+
+}  // namespace attnzoo::cpu

@@ -1,0 +1,36 @@
+// attnzoo::additive_fwd on CPU: out_i = pool_j(s_ij) v_j, s_ij = sum_h w_h tanh(a_ih + b_jh).
+// a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv) -> out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq)
+// and soft_out (B, Nq, Dv) for hard pooling. Never forms the (Nq, Nk, H) tensor: tanh is evaluated
+// per key block; bfloat16 is computed in float32.
+#include <ATen/Dispatch.h>
+
+#include "common/validate.h"
+#include "cpu/additive_scorer.h"
+#include "cpu/ops_cpu.h"
+
+namespace attnzoo::cpu {
+
+Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
+                     const OptT& valid_lens, const OptT& mask, int64_t pooling, bool causal, int64_t window) {
+  check_additive_fwd("attnzoo.additive_fwd", a, b, w, v, valid_lens, mask, pooling, window, false);
+  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
+  const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v);
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  const bool hard = pooling == kHard;
+  auto out = at::empty({B, Nq, Dv}, aa.options());
+  auto lse = at::empty({B, Nq}, aa.options());
+  const auto lopt = a.options().dtype(at::kLong);
+  auto argmax = hard ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt);
+  auto soft_out = hard ? at::empty({B, Nq, Dv}, aa.options()) : at::empty({0}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_fwd", [&] {
+    const scalar_t *ap = aa.const_data_ptr<scalar_t>(), *bp = ba.const_data_ptr<scalar_t>(),
+                   *wp = wa.const_data_ptr<scalar_t>();
+    forward_cpu<scalar_t>(mp, Blocks{}, Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                          hard ? argmax.data_ptr<int64_t>() : nullptr,
+                          hard ? soft_out.data_ptr<scalar_t>() : nullptr,
+                          [&] { return AdditiveScorer<scalar_t>(ap, bp, wp, Nq, Nk, H, nullptr); });
+  });
+  return {out.to(a.scalar_type()), lse, argmax, hard ? soft_out.to(a.scalar_type()) : soft_out};
+}
+
+}  // namespace attnzoo::cpu

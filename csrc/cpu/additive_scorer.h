@@ -1,0 +1,105 @@
+// Additive scores s_ij = sum_h w_h tanh(a_ih + b_jh) on blocks, vectorised over keys j
+// (the b block is kept transposed, H x kBK), and their gradients with
+// g_ijh = ds_ij w_h (1 - t_ijh^2): da_ih += sum_j g_ijh, db_jh += sum_i g_ijh, dw_h += sum_ij ds_ij t_ijh.
+#pragma once
+#include <vector>
+
+#include "cpu/attn_cpu.h"
+#include "cpu/fast_tanh.h"
+
+namespace attnzoo::cpu {
+
+// a (B, Nq, H), b (B, Nk, H), w (H,); contiguous T. grads: da (B, Nq, H) written per query
+// block; acc[1] = db (B, Nk, H), acc[2] = dw (H,). grads() must follow scores() of the same block.
+template <typename T>
+struct AdditiveScorer {
+  using V = Vectorized<T>;
+  static constexpr int64_t VS = V::size();
+  const T *a, *bb, *w;
+  int64_t Nq, Nk, H;
+  T* da;
+  std::vector<T> bT, dbT, dwv;  // (H, kBK), (H, kBK), (H, VS)
+
+  AdditiveScorer(const T* a_, const T* b_, const T* w_, int64_t Nq_, int64_t Nk_, int64_t H_, T* da_)
+      : a(a_), bb(b_), w(w_), Nq(Nq_), Nk(Nk_), H(H_), da(da_), bT(H_ * kBK, T(0)) {
+    if (da) {
+      dbT.assign(H * kBK, T(0));
+      dwv.assign(H * VS, T(0));
+    }
+  }
+
+  static int64_t round_up(int64_t x) { return (x + VS - 1) / VS * VS; }
+
+  void scores(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, T* S, int64_t ldS, const int64_t* ra,
+              const int64_t* re) {
+    const T* bblk = bb + (b * Nk + j0) * H;
+    for (int64_t j = 0; j < nk; ++j)
+      for (int64_t h = 0; h < H; ++h) bT[h * kBK + j] = bblk[j * H + h];
+    for (int64_t r = 0; r < nq; ++r) {
+      if (re[r] <= ra[r]) continue;
+      const T* ar = a + (b * Nq + i0 + r) * H;
+      T* s = S + r * ldS;
+      const int64_t end = round_up(re[r]);
+      int64_t j = ra[r] - ra[r] % VS;
+      for (; j + 4 * VS <= end; j += 4 * VS) {
+        V s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+        const T* bt = bT.data() + j;
+        for (int64_t h = 0; h < H; ++h, bt += kBK) {
+          const V av(ar[h]), wv(w[h]);
+          s0 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt)), s0);
+          s1 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + VS)), s1);
+          s2 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + 2 * VS)), s2);
+          s3 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + 3 * VS)), s3);
+        }
+        s0.store(s + j);
+        s1.store(s + j + VS);
+        s2.store(s + j + 2 * VS);
+        s3.store(s + j + 3 * VS);
+      }
+      for (; j < end; j += VS) {
+        V s0(T(0));
+        const T* bt = bT.data() + j;
+        for (int64_t h = 0; h < H; ++h, bt += kBK)
+          s0 = at::vec::fmadd(V(w[h]), fast_tanh(V(ar[h]) + V::loadu(bt)), s0);
+        s0.store(s + j);
+      }
+    }
+  }
+
+  void grads(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, const T* dS, int64_t ldS, const int64_t* ra,
+             const int64_t* re, T* const* acc) {
+    std::fill(dbT.begin(), dbT.end(), T(0));
+    std::fill(dwv.begin(), dwv.end(), T(0));
+    const V one(T(1));
+    for (int64_t r = 0; r < nq; ++r) {
+      if (re[r] <= ra[r]) continue;
+      const T* ar = a + (b * Nq + i0 + r) * H;
+      T* dar = da + (b * Nq + i0 + r) * H;
+      const T* ds = dS + r * ldS;
+      const int64_t js = ra[r] - ra[r] % VS, je = round_up(re[r]);
+      for (int64_t h = 0; h < H; ++h) {
+        const V av(ar[h]), wv(w[h]);
+        V gacc(T(0)), tacc = V::loadu(dwv.data() + h * VS);
+        const T* bt = bT.data() + h * kBK;
+        T* dbt = dbT.data() + h * kBK;
+        for (int64_t j = js; j < je; j += VS) {
+          const V t = fast_tanh(av + V::loadu(bt + j));
+          const V d = V::loadu(ds + j);
+          const V g = d * wv * (one - t * t);
+          gacc = gacc + g;
+          (V::loadu(dbt + j) + g).store(dbt + j);
+          tacc = at::vec::fmadd(d, t, tacc);
+        }
+        dar[h] += at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, gacc);
+        tacc.store(dwv.data() + h * VS);
+      }
+    }
+    T* db = acc[1] + (b * Nk + j0) * H;
+    for (int64_t j = 0; j < nk; ++j)
+      for (int64_t h = 0; h < H; ++h) db[j * H + h] += dbT[h * kBK + j];
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t l = 0; l < VS; ++l) acc[2][h] += dwv[h * VS + l];
+  }
+};
+
+}  // namespace attnzoo::cpu

@@ -1,0 +1,48 @@
+// attnzoo::bilinear_bwd on CPU (flash-attention style: scores recomputed per block from lse).
+// p_ij = exp(s_ij - lse_i); dv_j = sum_i p_ij dO_i (hard: one-hot of argmax);
+// ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i (o = soft_out for hard; average: ds = 0);
+// dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i, dkey_bias_j = sum_i ds_ij.
+#include <ATen/Dispatch.h>
+
+#include "common/validate.h"
+#include "cpu/bilinear_scorer.h"
+#include "cpu/ops_cpu.h"
+
+namespace attnzoo::cpu {
+
+Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const OptT& key_bias, double scale, const OptT& valid_lens,
+                     const OptT& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
+                     const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
+  const char* op = "attnzoo.bilinear_bwd";
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, false);
+  check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
+  const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
+  const bool hard = pooling == kHard;
+  const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v), go = to_acc(grad_out);
+  const auto kba = to_acc(key_bias), gl = to_acc(grad_lse);
+  const auto od = to_acc(hard ? soft_out : out), lsea = lse.contiguous();
+  const auto am = hard ? argmax.contiguous() : argmax;
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  auto dq = at::zeros_like(qa), dk = at::zeros_like(ka), dv = at::zeros_like(va);
+  auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();
+  std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
+  AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
+    const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
+                                      ka.const_data_ptr<scalar_t>(),
+                                      kba ? kba->const_data_ptr<scalar_t>() : nullptr,
+                                      static_cast<scalar_t>(scale),
+                                      Nq,
+                                      Nk,
+                                      D,
+                                      dq.data_ptr<scalar_t>()};
+    backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+                           lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
+                           od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,
+                           [&] { return sc; });
+  });
+  auto dkb_out = key_bias ? dkb.to(key_bias->scalar_type()) : at::empty({0}, q.options());
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dkb_out};
+}
+
+}  // namespace attnzoo::cpu

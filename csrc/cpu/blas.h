@@ -1,0 +1,65 @@
+// Row-major GEMM on CPU blocks: MKL's sgemm_/dgemm_ (exported by libtorch_cpu when
+// torch is built with MKL; declared weak so the extension still loads without
+// them), else a plain at::vec loop.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+namespace attnzoo::cpu {
+
+template <typename T>
+inline void gemm_fallback(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
+                          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  using V = at::vec::Vectorized<T>;
+  for (int64_t i = 0; i < m; ++i) {
+    T* c = C + i * ldc;
+    if (beta == T(0)) {
+      for (int64_t j = 0; j < n; ++j) c[j] = T(0);
+    } else if (beta != T(1)) {
+      for (int64_t j = 0; j < n; ++j) c[j] *= beta;
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const T a = alpha * (ta ? A[p * lda + i] : A[i * lda + p]);
+      if (!tb) {
+        const T* b = B + p * ldb;
+        int64_t j = 0;
+        for (; j + V::size() <= n; j += V::size())
+          at::vec::fmadd(V(a), V::loadu(b + j), V::loadu(c + j)).store(c + j);
+        for (; j < n; ++j) c[j] += a * b[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) c[j] += a * B[j * ldb + p];
+      }
+    }
+  }
+}
+
+// C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, all row-major.
+template <typename T>
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, const T* B,
+                 int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  // Column-major view: C^T = op(B)^T op(A)^T.
+  const char ca = tb ? 'T' : 'N', cb = ta ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  if (k <= 0) {
+    gemm_fallback<T>(ta, tb, m, n, 0, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_) return sgemm_(&ca, &cb, &M, &N, &K, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  } else {
+    if (dgemm_) return dgemm_(&ca, &cb, &M, &N, &K, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  }
+  gemm_fallback<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace attnzoo::cpu

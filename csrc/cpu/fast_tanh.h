@@ -1,0 +1,30 @@
+// Vectorised tanh: float uses Eigen's clamped odd/even rational approximation (max error
+// ~1e-7 relative, no exp); double uses at::vec's (Sleef) tanh.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+namespace attnzoo::cpu {
+
+inline at::vec::Vectorized<float> fast_tanh(at::vec::Vectorized<float> x) {
+  using V = at::vec::Vectorized<float>;
+  // tanh(7.9053) rounds to 1 in float; clamping keeps the polynomial in range.
+  x = at::vec::clamp(x, V(-7.90531110763549805f), V(7.90531110763549805f));
+  const V x2 = x * x;
+  V p = V(-2.76076847742355e-16f);
+  p = at::vec::fmadd(p, x2, V(2.00018790482477e-13f));
+  p = at::vec::fmadd(p, x2, V(-8.60467152213735e-11f));
+  p = at::vec::fmadd(p, x2, V(5.12229709037114e-08f));
+  p = at::vec::fmadd(p, x2, V(1.48572235717979e-05f));
+  p = at::vec::fmadd(p, x2, V(6.37261928875436e-04f));
+  p = at::vec::fmadd(p, x2, V(4.89352455891786e-03f));
+  p = p * x;
+  V qd = V(1.19825839466702e-06f);
+  qd = at::vec::fmadd(qd, x2, V(1.18534705686654e-04f));
+  qd = at::vec::fmadd(qd, x2, V(2.26843463243900e-03f));
+  qd = at::vec::fmadd(qd, x2, V(4.89352518554385e-03f));
+  return p / qd;
+}
+
+inline at::vec::Vectorized<double> fast_tanh(at::vec::Vectorized<double> x) { return x.tanh(); }
+
+}  // namespace attnzoo::cpu

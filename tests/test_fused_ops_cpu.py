@@ -1,0 +1,230 @@
+"""Compiled CPU kernels of the attnzoo ops against the eager oracle ``attnzoo.ops.reference``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnzoo.ops as ops
+from attnzoo.ops import reference as ref
+
+if not ops.EXTENSION:
+    pytest.skip(f"attnzoo._C is not built ({ops.EXTENSION_STATUS})", allow_module_level=True)
+
+SOFT, HARD, AVERAGE = 0, 1, 2
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9),
+    torch.float32: dict(atol=2e-5, rtol=1e-4),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+MASKS = ["none", "valid_lens", "mask", "causal", "window", "all"]
+FAMILIES = ["bilinear", "additive"]
+
+
+def make_inputs(family, dtype, B, Nq, Nk, D=9, Dv=5, key_bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    if family == "bilinear":
+        return (rnd(B, Nq, D), rnd(B, Nk, D), rnd(B, Nk, Dv), rnd(B, Nk) if key_bias else None, 0.7)
+    return (rnd(B, Nq, D), rnd(B, Nk, D), rnd(D), rnd(B, Nk, Dv))
+
+
+def make_masks(kind, B, Nq, Nk, seed=0):
+    """(valid_lens, mask, causal, window) for a mask configuration; rows with no valid key included."""
+    g = torch.Generator().manual_seed(seed + 1)
+    valid_lens = mask = None
+    causal, window = False, -1
+    if kind in ("valid_lens", "all"):
+        valid_lens = torch.randint(0, Nk + 1, (B, Nq), generator=g)
+        valid_lens[0, 0] = 0
+    if kind in ("mask", "all"):
+        mask = (torch.rand(B, 1, Nk, generator=g) > 0.3).expand(B, Nq, Nk)  # broadcast view, stride 0
+    if kind in ("causal", "all"):
+        causal = True
+    if kind in ("window", "all"):
+        window = 5 if kind == "window" else 40
+    return valid_lens, mask, causal, window
+
+
+def ops_for(family):
+    if family == "bilinear":
+        return torch.ops.attnzoo.bilinear_fwd, ref.bilinear_fwd, torch.ops.attnzoo.bilinear_bwd, ref.bilinear_bwd
+    return torch.ops.attnzoo.additive_fwd, ref.additive_fwd, torch.ops.attnzoo.additive_bwd, ref.additive_bwd
+
+
+def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key_bias=True, grad_lse=True):
+    fwd, fwd_ref, bwd, bwd_ref = ops_for(family)
+    args = make_inputs(family, dtype, B, Nq, Nk, key_bias=key_bias)
+    valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
+    margs = (valid_lens, mask, pooling, causal, window)
+    got = fwd(*args, *margs)
+    want = fwd_ref(*args, *margs)
+    for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        if x.dtype == torch.int64:
+            assert torch.equal(x, y), name
+        else:
+            torch.testing.assert_close(x, y, **TOL[dtype], msg=name)
+    g = torch.Generator().manual_seed(7)
+    grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
+    glse = torch.randn(got[1].shape, generator=g, dtype=torch.float64).to(got[1].dtype) if grad_lse else None
+    grads = bwd(grad_out, glse, *args, *margs, *got)
+    grads_ref = bwd_ref(grad_out, glse, *args, *margs, *want)
+    for x, y in zip(grads, grads_ref, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        torch.testing.assert_close(x, y, **TOL[dtype])
+    for t in list(got) + list(grads):
+        if t.is_floating_point():
+            assert not t.isnan().any()
+
+
+@pytest.mark.parametrize("masks", MASKS)
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_reference(family, dtype, pooling, masks):
+    check_against_reference(family, dtype, pooling, B=2, Nq=70, Nk=150, masks=masks)
+
+
+@pytest.mark.parametrize(
+    "B, Nq, Nk",
+    [(1, 1, 1), (2, 5, 1), (1, 3, 17), (2, 300, 700), (1, 129, 513), (3, 33, 8)],
+)
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_awkward_sizes(family, pooling, B, Nq, Nk):
+    masks = "all" if Nq * Nk > 1000 else "valid_lens"
+    check_against_reference(family, torch.float64, pooling, B, Nq, Nk, masks=masks)
+
+
+@pytest.mark.parametrize("pooling", [SOFT, HARD])
+def test_no_key_bias_no_grad_lse(pooling):
+    check_against_reference("bilinear", torch.float32, pooling, 2, 40, 90, masks="mask", key_bias=False, grad_lse=False)
+    check_against_reference("additive", torch.float32, pooling, 2, 40, 90, masks="causal", grad_lse=False)
+
+
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16(family, pooling):
+    check_against_reference(family, torch.bfloat16, pooling, 2, 37, 80, masks="all")
+
+
+def _nonempty_rows(B, Nq, Nk, valid_lens, mask, causal, window):
+    return ref.valid_matrix(B, Nq, Nk, "cpu", valid_lens, mask, causal, window).any(-1)
+
+
+@pytest.mark.parametrize("masks", ["none", "all"])
+@pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradcheck(family, pooling, masks):
+    B, Nq, Nk = 2, 6, 7
+    args = make_inputs(family, torch.float64, B, Nq, Nk, D=3, Dv=2)
+    valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
+    if masks == "all":
+        window = 3
+    rows = _nonempty_rows(B, Nq, Nk, valid_lens, mask, causal, window)
+    kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling, causal=causal, window=None if window < 0 else window)
+    tensors = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+
+    if family == "bilinear":
+
+        def fn(q, k, v, kb):
+            return ops.bilinear_attention(q, k, v, kb, tensors[4], **kw)
+
+        inputs = tensors[:4]
+    else:
+
+        def fn(a, b, w, v):
+            return ops.additive_attention(a, b, w, v, **kw)
+
+        inputs = tensors
+    v_pos = 2 if family == "bilinear" else 3
+    if pooling != "hard":
+        assert torch.autograd.gradcheck(lambda *x: (fn(*x)[0], fn(*x)[1][rows]), inputs, eps=1e-6, atol=1e-6)
+        return
+    # Hard pooling's out is piecewise constant in the scores and its backward is straight-through
+    # by design, so only lse (all inputs) and out (through v) have true gradients to check.
+    assert torch.autograd.gradcheck(lambda *x: fn(*x)[1][rows], inputs, eps=1e-6, atol=1e-6)
+
+    def out_of_v(v):
+        x = list(inputs)
+        x[v_pos] = v
+        return fn(*x)[0]
+
+    assert torch.autograd.gradcheck(out_of_v, (inputs[v_pos],), eps=1e-6, atol=1e-6)
+
+
+def _opcheck_args(family, pooling):
+    B, Nq, Nk = 2, 5, 9
+    args = make_inputs(family, torch.float32, B, Nq, Nk, D=4, Dv=3)
+    valid_lens, mask, causal, window = make_masks("all", B, Nq, Nk)
+    return args, (valid_lens, mask, pooling, causal, window)
+
+
+@pytest.mark.parametrize("pooling", [SOFT, HARD])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_opcheck(family, pooling):
+    fwd = getattr(torch.ops.attnzoo, f"{family}_fwd").default
+    bwd = getattr(torch.ops.attnzoo, f"{family}_bwd").default
+    args, margs = _opcheck_args(family, pooling)
+    torch.library.opcheck(fwd, (*args, *margs))
+    grad_args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(fwd, (*grad_args, *margs))
+    saved = fwd(*args, *margs)
+    grad_out = torch.randn_like(saved[0])
+    grad_lse = torch.randn_like(saved[1])
+    torch.library.opcheck(bwd, (grad_out, grad_lse, *args, *margs, *saved))
+
+
+@pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fully_masked_rows_have_no_nan(family, pooling):
+    B, Nq, Nk = 2, 4, 6
+    args = [
+        a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a
+        for a in make_inputs(family, torch.float32, B, Nq, Nk)
+    ]
+    valid_lens = torch.full((B, Nq), Nk)
+    valid_lens[0, 1] = 0
+    mask = torch.ones(B, Nq, Nk, dtype=torch.bool)
+    mask[1, 2] = False
+    kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling)
+    if family == "bilinear":
+        out, lse, argmax = ops.bilinear_attention(*args[:4], args[4], **kw)
+        leaves = args[:4]
+    else:
+        out, lse, argmax = ops.additive_attention(*args, **kw)
+        leaves = args
+    empty = torch.zeros(B, Nq, dtype=torch.bool)
+    empty[0, 1] = empty[1, 2] = True
+    assert torch.equal(out[empty], torch.zeros_like(out[empty]))
+    assert lse[empty].eq(float("-inf")).all() and lse[~empty].isfinite().all()
+    if pooling == "hard":
+        assert argmax[empty].eq(-1).all() and argmax[~empty].ge(0).all()
+    (out.sum() + lse[~empty].sum()).backward()
+    for t in leaves:
+        assert t.grad is not None and t.grad.isfinite().all()
+    a_like = leaves[0]
+    assert torch.equal(a_like.grad[empty], torch.zeros_like(a_like.grad[empty]))
+
+
+def test_error_messages():
+    q, k, v, _, scale = make_inputs("bilinear", torch.float32, 2, 3, 7)
+    with pytest.raises(RuntimeError, match=r"key_bias must have shape \(B, Nk\) = \(2, 7\), got \(2, 5\)"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, torch.zeros(2, 5), scale, None, None, 0, False, -1)
+    with pytest.raises(RuntimeError, match="valid_lens must be int64"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, torch.zeros(2, 3), None, 0, False, -1)
+    with pytest.raises(RuntimeError, match="pooling must be"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 3, False, -1)
+    with pytest.raises(RuntimeError, match="window must be >= -1"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 0, False, -2)
+    with pytest.raises(RuntimeError, match="must have the dtype of q"):
+        torch.ops.attnzoo.bilinear_fwd(q, k.double(), v, None, scale, None, None, 0, False, -1)
+    a, b, w, v = make_inputs("additive", torch.float32, 2, 3, 7)
+    with pytest.raises(RuntimeError, match=r"w must have shape \(H,\)"):
+        torch.ops.attnzoo.additive_fwd(a, b, w[:4], v, None, None, 0, False, -1)
+    with pytest.raises(RuntimeError, match="mask must have shape"):
+        torch.ops.attnzoo.additive_fwd(a, b, w, v, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
