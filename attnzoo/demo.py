@@ -84,7 +84,7 @@ def run(seed: int = 0, out_dir: str | Path = "attnzoo-out", backend: str = "auto
         for name, attn in models.items():
             pred, w = predict(attn, data)
             results[name] = {"mse": float(((pred - data.y_test) ** 2).mean()), "pred": pred, "weights": w}
-    results["nadaraya_watson(learnable)"]["w"] = float(parametric.score.w)
+    results["nadaraya_watson(learnable)"]["w"] = float(parametric.score.w.detach())
     results["nadaraya_watson(learnable)"]["train_losses"] = losses
     if plots:
         results["files"] = _plot(data, results, Path(out_dir))
