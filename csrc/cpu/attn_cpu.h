@@ -13,62 +13,33 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <exception>
 #include <limits>
-#include <mutex>
 #include <vector>
 
 #include "common/params.h"
 #include "cpu/blas.h"
 
-// libgomp's entry point behind `#pragma omp parallel`. at::parallel_for is header-inline and
-// this extension is compiled without -fopenmp, so it would run serially; calling the runtime
-// directly joins torch's OpenMP team (and MKL then stays single-threaded inside it).
-extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags)
-    __attribute__((weak));
+// at::parallel_for is header-inline OpenMP: setup.py compiles the extension with -fopenmp
+// (Linux, GCC) so that it joins torch's OpenMP team; without it the kernels run serially.
+#if !defined(_OPENMP)
+#pragma message("attnzoo: compiled without OpenMP; the CPU kernels run single-threaded")
+#endif
 
 namespace attnzoo::cpu {
 
 using at::vec::Vectorized;
 
+// f(begin, end) over contiguous chunks of the tasks [0, n) on torch's intra-op threads
+// (at::parallel_for: one chunk per thread, at::get_thread_num() < max_threads() inside f;
+// MKL called from f runs single-threaded as the region is already parallel). `work` is the
+// cost of one task in scores: tasks are grouped so that each chunk has at least
+// at::internal::GRAIN_SIZE scores, so small problems stay on the calling thread.
 template <typename F>
-struct ParallelCtx {
-  const F* f;
-  int64_t n;
-  std::exception_ptr err;
-  std::mutex mu;
-};
-
-template <typename F>
-void parallel_trampoline(void* p) {
-  auto* ctx = static_cast<ParallelCtx<F>*>(p);
-  const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-  const int64_t chunk = (ctx->n + nt - 1) / nt, begin = tid * chunk, end = std::min(ctx->n, begin + chunk);
-  if (begin >= end) return;
-  try {
-    (*ctx->f)(begin, end, static_cast<int>(tid));
-  } catch (...) {
-    std::lock_guard<std::mutex> g(ctx->mu);
-    if (!ctx->err) ctx->err = std::current_exception();
-  }
-}
-
-// f(begin, end, thread_id) over contiguous chunks of [0, n), one per thread (< max_threads());
-// serial when `work` (~ score count) is too small to pay for waking the team.
-template <typename F>
-void parallel_chunks(int64_t n, int64_t work, const F& f) {
-  const int nt = at::get_num_threads();
-  if (n <= 1 || nt <= 1 || work < (int64_t{1} << 15) || GOMP_parallel == nullptr || omp_in_parallel() || at::in_parallel_region()) {
-    if (n > 0) f(0, n, 0);
-    return;
-  }
-  ParallelCtx<F> ctx{&f, n, nullptr, {}};
-  GOMP_parallel(&parallel_trampoline<F>, &ctx, static_cast<unsigned>(std::min<int64_t>(nt, n)), 0);
-  if (ctx.err) std::rethrow_exception(ctx.err);
+void parallel_tasks(int64_t n, int64_t work, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work, 1));
+  at::parallel_for(0, n, grain, f);
 }
 
 inline int max_threads() { return std::max(1, at::get_num_threads()); }
@@ -153,7 +124,7 @@ inline T exp_sub_sum(T* x, int64_t n, T m) {
 }
 
 // Order of query blocks inside one batch: pairs cheap/expensive blocks (causal) so that
-// parallel_chunks' contiguous chunks get similar work.
+// parallel_tasks' contiguous chunks get similar work.
 inline int64_t balanced(int64_t t, int64_t n) { return (t % 2 == 0) ? t / 2 : n - 1 - t / 2; }
 
 // Valid key ranges of rows i0..i0+nq; returns the union [klo, khi) (klo >= khi: none).
@@ -193,7 +164,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
   const bool hard = mp.pooling == kHard, avg = mp.pooling == kAverage;
   const int64_t nqb = (Nq + bq - 1) / bq;
   const T ninf = -std::numeric_limits<T>::infinity();
-  parallel_chunks(B * nqb, B * Nq * Nk, [&](int64_t t0, int64_t t1, int) {
+  parallel_tasks(B * nqb, bq * Nk, [&](int64_t t0, int64_t t1) {
     auto scorer = make_scorer();
     std::vector<T> S(bq * bk), m(bq), l(bq);
     std::vector<int64_t> lo(bq), hi(bq), ra(bq), re(bq), am(bq);
@@ -356,11 +327,11 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
   };
 
   const int64_t ntasks = direct ? B : B * nqb;
-  parallel_chunks(ntasks, B * Nq * Nk, [&](int64_t t0, int64_t t1, int tid) {
+  parallel_tasks(ntasks, direct ? Nq * Nk : bq * Nk, [&](int64_t t0, int64_t t1) {
     auto scorer = make_scorer();
     std::vector<T> S(bq * bk), dP(bq * bk), delta(bq), rl(bq);
     std::vector<int64_t> lo(bq), hi(bq), ra(bq), re(bq);
-    const int th = std::min(tid, nt - 1);
+    const int th = std::min(at::get_thread_num(), nt - 1);
     T* const* acc = ptrs[th].data();
     for (int64_t t = t0; t < t1; ++t) {
       if (direct) {
