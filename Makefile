@@ -22,12 +22,14 @@ $(STAMP): $(SOURCES)
 demo: $(STAMP)
 	$(VENV)/bin/attnzoo demo
 
+# the benchmarks run once each here (--benchmark-disable), to prove they work; `make bench` times them
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest tests benchmarks --benchmark-disable
 
 bench: $(STAMP)
 	$(VENV)/bin/attnzoo bench
+	$(PY) -m pytest benchmarks
 
 clean:
 	rm -rf $(VENV) build attnzoo/_C*.so attnzoo-out
