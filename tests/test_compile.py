@@ -22,3 +22,11 @@ def test_compiled_module_matches_eager(name, options):
     qg = q.clone().requires_grad_()
     compiled(qg, k, v, valid_lens=lens).sum().backward()
     assert torch.isfinite(qg.grad).all()
+
+
+def test_inductor_compiles_a_fused_module():
+    torch._dynamo.reset()
+    attn = attnzoo.create("multihead", embed_dim=8, num_heads=2, backend="fused")
+    q, k = torch.randn(2, 5, 8), torch.randn(2, 9, 8)
+    compiled = torch.compile(attn, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, k), attn(q, k, k), atol=1e-5, rtol=1e-5)
