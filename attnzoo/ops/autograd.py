@@ -30,13 +30,14 @@ def _additive_fwd_fake(a, b, w, v, valid_lens, mask, pooling, causal, window):
 
 @torch.library.register_fake("attnzoo::bilinear_bwd")
 def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, *rest):
-    dkb = torch.empty_like(key_bias) if key_bias is not None else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dkb
+    # the kernels return contiguous gradients, whatever the inputs' strides
+    dkb = key_bias.new_empty(key_bias.shape) if key_bias is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb
 
 
 @torch.library.register_fake("attnzoo::additive_bwd")
 def _additive_bwd_fake(grad_out, grad_lse, a, b, w, v, *rest):
-    return torch.empty_like(a), torch.empty_like(b), torch.empty_like(w), torch.empty_like(v)
+    return a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output, n_tensors):

@@ -34,6 +34,14 @@ def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
     return valid
 
 
+def _onehot(argmax: Tensor, like: Tensor) -> Tensor:
+    """One-hot rows at ``argmax`` (B, Nq), shaped like ``like`` (B, Nq, Nk); rows with -1 stay zero."""
+    onehot = torch.zeros_like(like)
+    if like.shape[-1]:
+        onehot.scatter_(-1, argmax.clamp_min(0).unsqueeze(-1), 1.0)
+    return onehot * (argmax >= 0).unsqueeze(-1)
+
+
 def _pool(s: Tensor, v: Tensor, valid: Tensor, pooling: int, out_dtype):
     """Pool scores ``s`` (B, Nq, Nk) over ``valid`` keys; returns (out, lse, argmax, soft_out, p)."""
     acc = s.dtype
@@ -47,10 +55,8 @@ def _pool(s: Tensor, v: Tensor, valid: Tensor, pooling: int, out_dtype):
     empty_t = s.new_empty(0, dtype=torch.int64)
     if pooling != HARD:
         return soft_out, lse, empty_t, s.new_empty(0, dtype=out_dtype), p
-    argmax = torch.where(empty, -1, s.argmax(-1))
-    onehot = torch.zeros_like(p).scatter_(-1, argmax.clamp_min(0).unsqueeze(-1), 1.0)
-    onehot = onehot.masked_fill(empty.unsqueeze(-1), 0.0)
-    out = (onehot @ v.to(acc)).to(out_dtype)
+    argmax = torch.where(empty, -1, s.argmax(-1)) if s.shape[-1] else torch.full_like(lse, -1, dtype=torch.int64)
+    out = (_onehot(argmax, p) @ v.to(acc)).to(out_dtype)
     return out, lse, argmax, soft_out, p
 
 
@@ -97,9 +103,7 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     out_for_delta = soft_out if pooling == HARD else out
     _, lse, _, _, p = _pool(s, v, valid, pooling, acc)
     if pooling == HARD:
-        onehot = torch.zeros_like(p).scatter_(-1, argmax.clamp_min(0).unsqueeze(-1), 1.0)
-        onehot = onehot.masked_fill((argmax < 0).unsqueeze(-1), 0.0)
-        dv = onehot.transpose(-1, -2) @ g
+        dv = _onehot(argmax, p).transpose(-1, -2) @ g
     else:
         dv = p.transpose(-1, -2) @ g
     if pooling == AVERAGE:

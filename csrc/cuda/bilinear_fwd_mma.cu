@@ -207,7 +207,8 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
         float sv = -INFINITY;
         if (ok) {
           sv = s[nt][e] * p.scale + (KB ? to_float<BF16>(KB[j]) : 0.f);
-          if (targ[h] < 0 || sv > tmax[h]) {  // ascending j within the thread
+          // a -inf score is no candidate: a row of only -inf scores is empty (argmax -1, out 0)
+          if (sv != -INFINITY && (targ[h] < 0 || sv > tmax[h])) {  // ascending j within the thread
             tmax[h] = sv;
             targ[h] = j;
           }

@@ -60,6 +60,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<T, A> p) {
     mrow = mask_row(mp, b, i);
     lse_i = p.lse[b * p.Nq + i];
     d_i = p.delta[b * p.Nq + i];
+    if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
   }
   if (c8 == 0) {
     sLo[r] = kr.lo;
@@ -201,6 +202,7 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<T, A> p) 
         lse_i = p.lse[b * p.Nq + i];
         if (p.delta) d_i = p.delta[b * p.Nq + i];
         if (pooling == kHard) a_i = p.argmax[b * p.Nq + i];
+        if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
       }
       sLo[t] = kr.lo;
       sHi[t] = kr.hi;

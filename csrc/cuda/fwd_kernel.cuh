@@ -89,6 +89,9 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<T, A> p) 
       ok[ii] = j >= kr.lo && j < kr.hi && mask_ok(mp, mrow, j);
       if (ok[ii]) {
         if (pooling != kAverage && !ADD) s[ii] = s[ii] * p.scale + (KB ? static_cast<A>(KB[j]) : A(0));
+        ok[ii] = s[ii] != neg_inf<A>();  // a -inf score weighs 0 and is no arg-max candidate (NaN stays)
+      }
+      if (ok[ii]) {
         if (targ < 0 || s[ii] > tbest) {  // ascending j: strict > keeps the first maximum
           tbest = s[ii];
           targ = j;
