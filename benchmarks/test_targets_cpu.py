@@ -118,7 +118,10 @@ _MEMORY_SCRIPT = textwrap.dedent(
     t = time.perf_counter()
     ops.additive_attention(a, b, w, v)
     t = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Peak RSS of this process image: VmHWM (ru_maxrss would also count the forking pytest
+    # process's RSS, which Linux carries into the child's maximum across fork + exec).
+    with open("/proc/self/status") as f:
+        after = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     print((after - before) * 1024, t)
     """
 )

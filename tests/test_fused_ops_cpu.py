@@ -55,9 +55,9 @@ def ops_for(family):
     return torch.ops.attnzoo.additive_fwd, ref.additive_fwd, torch.ops.attnzoo.additive_bwd, ref.additive_bwd
 
 
-def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key_bias=True, grad_lse=True):
+def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key_bias=True, grad_lse=True, D=9, Dv=5):
     fwd, fwd_ref, bwd, bwd_ref = ops_for(family)
-    args = make_inputs(family, dtype, B, Nq, Nk, key_bias=key_bias)
+    args = make_inputs(family, dtype, B, Nq, Nk, D=D, Dv=Dv, key_bias=key_bias)
     valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
     margs = (valid_lens, mask, pooling, causal, window)
     got = fwd(*args, *margs)
@@ -209,6 +209,121 @@ def test_fully_masked_rows_have_no_nan(family, pooling):
         assert t.grad is not None and t.grad.isfinite().all()
     a_like = leaves[0]
     assert torch.equal(a_like.grad[empty], torch.zeros_like(a_like.grad[empty]))
+
+
+# --- small head dims (bilinear D <= 8, Dv <= 8: the key-vectorised single-sweep forward) ---------
+@pytest.mark.parametrize("masks", MASKS)
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D, Dv", [(1, 1), (2, 3), (4, 8), (8, 1), (5, 6)])
+def test_small_head_dims(D, Dv, dtype, pooling, masks):
+    check_against_reference("bilinear", dtype, pooling, B=2, Nq=37, Nk=151, masks=masks, D=D, Dv=Dv)
+
+
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("B, Nq, Nk", [(1, 1, 1), (2, 5, 3), (1, 9, 17), (3, 33, 8), (1, 130, 1000)])
+def test_small_head_dims_sizes(pooling, B, Nq, Nk):
+    for dtype in (torch.float64, torch.float32):
+        check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks="all" if Nk > 8 else "valid_lens", D=1, Dv=2)
+        check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks="none", key_bias=False, D=3, Dv=1)
+
+
+def test_small_head_dims_bfloat16():
+    for pooling in (SOFT, HARD, AVERAGE):
+        check_against_reference("bilinear", torch.bfloat16, pooling, 2, 37, 80, masks="all", D=2, Dv=1)
+
+
+def test_nadaraya_watson_float32_accuracy():
+    """Scalar kernel regression, n = 4000: float32 kernel against the float64 oracle."""
+    g = torch.Generator().manual_seed(3)
+    n, w = 4000, 1.7
+    x, xk = torch.rand(1, n, 1, generator=g) * 5, torch.rand(1, n, 1, generator=g) * 5
+    yk = torch.sin(xk)
+    kb = -0.5 * w * w * xk.view(1, n) ** 2
+    got = torch.ops.attnzoo.bilinear_fwd(x, xk, yk, kb, w * w, None, None, SOFT, False, -1)
+    want = ref.bilinear_fwd(x.double(), xk.double(), yk.double(), kb.double(), w * w, None, None, SOFT, False, -1)
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1].double(), want[1], atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+def test_small_head_dims_neg_inf_scores(dtype, pooling):
+    """-inf key_bias: rows whose valid keys all score -inf are empty (out 0, lse -inf), no NaN."""
+    B, Nq, Nk = 2, 20, 37
+    q, k, v, kb, scale = make_inputs("bilinear", dtype, B, Nq, Nk, D=2, Dv=3)
+    kb[0, ::3] = float("-inf")
+    kb[1, :] = float("-inf")
+    kb[1, 30] = 0.5  # rows of batch 1 with key 30 masked out are empty
+    valid_lens = torch.randint(0, Nk + 1, (B, Nq), generator=torch.Generator().manual_seed(5))
+    margs = (valid_lens, None, pooling, False, -1)
+    got = torch.ops.attnzoo.bilinear_fwd(q, k, v, kb, scale, *margs)
+    want = ref.bilinear_fwd(q, k, v, kb, scale, *margs)
+    for x, y in zip(got, want, strict=True):
+        if x.dtype == torch.int64:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, **TOL[dtype])
+    assert not got[0].isnan().any() and not got[1].isnan().any()
+
+
+def test_hard_ties_pick_first_key():
+    q = torch.ones(1, 3, 1)
+    k = torch.tensor([0.0, 2.0, 1.0, 2.0, 2.0, 0.5, 2.0, 2.0, 2.0, 1.0, 2.0]).view(1, -1, 1)
+    v = torch.arange(11.0).view(1, -1, 1)
+    valid_lens = torch.tensor([[11, 1, 4]])
+    for dtype in (torch.float32, torch.float64):
+        out, _, argmax, _ = torch.ops.attnzoo.bilinear_fwd(
+            q.to(dtype), k.to(dtype), v.to(dtype), None, 1.0, valid_lens, None, HARD, False, -1
+        )
+        assert argmax.tolist() == [[1, 0, 1]] and out.view(-1).tolist() == [1.0, 0.0, 1.0]
+
+
+# --- threading ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("D", [64, 1])
+def test_thread_counts_give_same_results(D):
+    """torch.set_num_threads(1) and (2) both work (the kernels use at::parallel_for)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 300, D, generator=g, dtype=torch.float64) for _ in range(3))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+            out, lse, _ = ops.bilinear_attention(qq, kk, vv, scale=0.3, causal=True)
+            (out.square().sum() + lse.sum()).backward()
+            results.append([out, lse, qq.grad, kk.grad, vv.grad])
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(results[0], results[1], **TOL[torch.float64])  # block sizes depend on threads
+
+
+_THREADS_SCRIPT = """
+import os, torch, attnzoo.ops as ops
+torch.set_num_threads(2)
+x = torch.randn(4, 512, 64)
+(x @ x.transpose(1, 2)).softmax(-1).sum()  # wake torch's OpenMP team
+tasks = lambda: len(os.listdir("/proc/self/task"))
+base = tasks()
+q = x.clone().requires_grad_()
+for _ in range(2):
+    out = ops.bilinear_attention(q, q, q, scale=0.125)[0]
+    out.sum().backward()
+    ops.additive_attention(x[:, :128, :16], x[:, :128, :16], x[0, 0, :16], x[:, :128])
+print(base, tasks())
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="counts /proc/self/task")
+def test_no_extra_threads():
+    """The kernels join torch's OpenMP team: no second runtime, no nested MKL teams."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, check=True)
+    base, after = map(int, res.stdout.split())
+    assert after == base, res.stdout
 
 
 def test_error_messages():

@@ -7,6 +7,7 @@
 #include "common/validate.h"
 #include "cpu/bilinear_scorer.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/small_d.h"
 
 namespace attnzoo::cpu {
 
@@ -24,6 +25,31 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   auto argmax = hard ? at::empty({B, Nq}, q.options().dtype(at::kLong)) : at::empty({0}, q.options().dtype(at::kLong));
   auto soft_out = hard ? at::empty({B, Nq, Dv}, qa.options()) : at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
+    if (small_d_supported<scalar_t>(D, Dv, Nk, pooling)) {
+      // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
+      const int64_t W = Vectorized<scalar_t>::size(), Nkp = (Nk + W - 1) / W * W;
+      const int64_t DP = small_d_pad(D), DVP = small_d_pad(Dv);
+      auto kT = at::zeros({B, DP, Nkp}, qa.options()), vT = at::zeros({B, DVP, Nkp}, qa.options());
+      kT.narrow(1, 0, D).narrow(2, 0, Nk).copy_(ka.transpose(1, 2));
+      vT.narrow(1, 0, Dv).narrow(2, 0, Nk).copy_(va.transpose(1, 2));
+      auto kbT = at::zeros({B, Nkp}, qa.options());
+      if (kba) kbT.narrow(1, 0, Nk).copy_(*kba);
+      const SmallDArgs<scalar_t> args{mp,
+                                      qa.const_data_ptr<scalar_t>(),
+                                      kT.const_data_ptr<scalar_t>(),
+                                      vT.const_data_ptr<scalar_t>(),
+                                      kbT.const_data_ptr<scalar_t>(),
+                                      D,
+                                      Dv,
+                                      Nkp,
+                                      static_cast<scalar_t>(scale),
+                                      out.data_ptr<scalar_t>(),
+                                      lse.data_ptr<scalar_t>(),
+                                      hard ? soft_out.data_ptr<scalar_t>() : nullptr,
+                                      hard ? argmax.data_ptr<int64_t>() : nullptr};
+      small_d_forward<scalar_t>(args, DP, DVP);
+      return;
+    }
     const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
                                       ka.const_data_ptr<scalar_t>(),
                                       kba ? kba->const_data_ptr<scalar_t>() : nullptr,
