@@ -37,3 +37,24 @@ def test_hard_pooling_without_keys():
     for fwd in (OPS.bilinear_fwd, reference.bilinear_fwd):
         out, lse, argmax, _ = fwd(q, k, v, None, 1.0, None, None, 1, False, -1)
         assert (out == 0).all() and (argmax == -1).all() and torch.isneginf(lse).all()
+
+
+def test_a_huge_window_means_no_window():
+    q, k, v = torch.randn(2, 5, 4), torch.randn(2, 7, 4), torch.randn(2, 7, 3)
+    for pooling in (0, 1, 2):
+        want = OPS.bilinear_fwd(q, k, v, None, 1.0, None, None, pooling, False, -1)
+        got = OPS.bilinear_fwd(q, k, v, None, 1.0, None, None, pooling, False, 2**63 - 1)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_backward_rejects_an_out_of_range_argmax():
+    from attnzoo import ops
+
+    if not ops.EXTENSION:
+        pytest.skip("the eager ops index with torch and raise their own error")
+    q, k, v = torch.randn(2, 1, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 2)
+    out, lse, argmax, soft = OPS.bilinear_fwd(q, k, v, None, 1.0, None, None, 1, False, -1)
+    with pytest.raises(RuntimeError, match=r"argmax must lie in \[-1, Nk\) = \[-1, 3\), got \[0, 3\]"):
+        OPS.bilinear_bwd(torch.ones(2, 1, 2), None, q, k, v, None, 1.0, None, None, 1, False, -1,
+                         out, lse, torch.tensor([[3], [0]]), soft)

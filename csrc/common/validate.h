@@ -147,6 +147,11 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
     check_shape(op, "soft_out", soft_out, {B, Nq, Dv}, "(B, Nq, Dv)");
     check_same_device(op, "argmax", argmax, "the inputs", x);
     check_same_device(op, "soft_out", soft_out, "the inputs", x);
+    if (argmax.is_cpu() && argmax.numel() > 0) {  // the kernels index v with it (a CUDA check would sync)
+      const int64_t lo = argmax.min().item<int64_t>(), hi = argmax.max().item<int64_t>();
+      TORCH_CHECK(lo >= -1 && hi < v.size(1), op, ": argmax must lie in [-1, Nk) = [-1, ", v.size(1), "), got [",
+                  lo, ", ", hi, "]");
+    }
   }
 }
 
@@ -171,7 +176,8 @@ inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const c10:
     p.m_sj = mask->stride(2);
   }
   p.causal = causal;
-  p.window = window;
+  // |i - j| <= Nq + Nk always holds: clamping keeps the meaning and keeps i + window + 1 from overflowing
+  p.window = window > Nq + Nk ? Nq + Nk : window;
   p.pooling = pooling;
   return p;
 }
