@@ -224,7 +224,8 @@ def test_small_head_dims(D, Dv, dtype, pooling, masks):
 @pytest.mark.parametrize("B, Nq, Nk", [(1, 1, 1), (2, 5, 3), (1, 9, 17), (3, 33, 8), (1, 130, 1000)])
 def test_small_head_dims_sizes(pooling, B, Nq, Nk):
     for dtype in (torch.float64, torch.float32):
-        check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks="all" if Nk > 8 else "valid_lens", D=1, Dv=2)
+        masks = "all" if Nk > 8 else "valid_lens"
+        check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks=masks, D=1, Dv=2)
         check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks="none", key_bias=False, D=3, Dv=1)
 
 
