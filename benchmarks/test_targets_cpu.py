@@ -105,6 +105,41 @@ def test_additive_forward(benchmark, impl):
     run(benchmark, f"additive_fwd_{impl}_{N}", fn, rounds=rounds)
 
 
+_ISA_SCRIPT = textwrap.dedent(
+    """
+    import time, torch, attnzoo._C, attnzoo.ops as ops
+    torch.set_num_threads({threads})
+    torch.manual_seed(0)
+    B, N, D, H = 8, {N}, 64, 64
+    q, k, v = (torch.randn(B, N, D) for _ in range(3))
+    W_q, W_k, w = torch.randn(H, D) / 8, torch.randn(H, D) / 8, torch.randn(H)
+    a, b = q @ W_q.T, k @ W_k.T
+    best = float("inf")
+    for r in range({rounds} + 1):  # first round: warm-up
+        t = time.perf_counter()
+        ops.additive_attention(a, b, w, v)
+        t = time.perf_counter() - t
+        if r:
+            best = min(best, t)
+    print(attnzoo._C.build_info()["cpu_isa_runtime"], best)
+    """
+)
+
+
+@pytest.mark.parametrize("isa", ["avx2"])
+def test_additive_forward_forced_isa(isa):
+    """The fused additive forward (N = 1024) with the dispatched ISA forced (ATTNZOO_CPU_ISA), in a
+    fresh process (the ISA is chosen once per process); same timing as test_additive_forward."""
+    N = 1024
+    script = _ISA_SCRIPT.format(threads=THREADS, N=N, rounds=5)
+    env = dict(os.environ, ATTNZOO_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    used, seconds = res.stdout.split()
+    assert used == isa
+    RESULTS[f"additive_fwd_fused_{isa}_{N}"] = float(seconds)
+    print(f"\nadditive forward N={N}, ATTNZOO_CPU_ISA={isa}: {float(seconds) * 1e3:.1f} ms")
+
+
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, time, torch, attnzoo.ops as ops
@@ -194,9 +229,18 @@ TARGETS = [
 ]
 
 
+# Informational ratios (no bound): the run-time dispatched ISA against forced AVX2.
+INFO = [
+    ("additive fused AVX2 / d2l eager N=1024", "additive_fwd_fused_avx2_1024", "additive_fwd_eager_1024"),
+    ("additive fused default / AVX2 N=1024", "additive_fwd_fused_1024", "additive_fwd_fused_avx2_1024"),
+]
+
+
 def test_report():
     """Prints the ratios of this run; checks the targets whose both sides were measured."""
-    lines, missed = [], []
+    from attnzoo import _C
+
+    lines, missed = [f"dispatched CPU ISA: {_C.build_info().get('cpu_isa_runtime', 'n/a')}"], []
     for label, num, den, bound in TARGETS:
         if num not in RESULTS or den not in RESULTS:
             lines.append(f"{label:40s} not measured in this run")
@@ -206,6 +250,10 @@ def test_report():
         lines.append(f"{label:40s} {ratio:8.3f}  (target <= {bound:.3f})  {'met' if ok else 'MISSED'}")
         if not ok:
             missed.append(label)
+    for label, num, den in INFO:
+        if num in RESULTS and den in RESULTS:
+            ratio = RESULTS[num] / RESULTS[den]
+            lines.append(f"{label:40s} {ratio:8.3f}  (1/ratio = {1 / ratio:.1f}x)")
     print("\n" + "\n".join(lines))
     if os.environ.get("ATTNZOO_BENCH_STRICT"):
         assert not missed, f"targets missed: {missed}"

@@ -3,6 +3,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
+#include "cpu/isa.h"
+
 namespace {
 
 pybind11::dict build_info() {
@@ -21,6 +23,13 @@ pybind11::dict build_info() {
   info["cpu_vector_isa"] = "default";
 #endif
   info["vector_width_float"] = static_cast<int>(at::vec::Vectorized<float>::size());
+  // ISA of the run-time dispatched kernels (additive family): "avx512" or "avx2".
+  info["cpu_isa_runtime"] = attnzoo::cpu::isa_name(attnzoo::cpu::runtime_isa());
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+  info["cpu_isa_avx512_kernels"] = true;
+#else
+  info["cpu_isa_avx512_kernels"] = false;
+#endif
   info["compiler"] = __VERSION__;
   return info;
 }

@@ -344,3 +344,69 @@ def test_error_messages():
         torch.ops.attnzoo.additive_fwd(a, b, w[:4], v, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="mask must have shape"):
         torch.ops.attnzoo.additive_fwd(a, b, w, v, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
+
+
+# --- run-time ISA dispatch of the additive kernels (csrc/cpu/isa.h) ------------------------------
+_ISA_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import attnzoo._C
+import test_fused_ops_cpu as t
+torch.set_num_threads(2)
+outs = []
+for dtype in (torch.float32, torch.float64):
+    for pooling in (t.SOFT, t.HARD, t.AVERAGE):
+        for masks, (B, Nq, Nk) in [("none", (2, 70, 150)), ("all", (2, 70, 150)), ("window", (1, 129, 513)),
+                                   ("valid_lens", (1, 3, 17))]:
+            t.check_against_reference("additive", dtype, pooling, B, Nq, Nk, masks=masks)
+            args = t.make_inputs("additive", dtype, B, Nq, Nk, D=40)
+            outs.append(torch.ops.attnzoo.additive_fwd(*args, None, None, pooling, False, -1))
+torch.save(outs, {path!r})
+print(attnzoo._C.build_info()["cpu_isa_runtime"])
+"""
+
+
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(x in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))
+
+
+@pytest.mark.skipif(
+    ops.build_info().get("cpu_isa_runtime") in (None, "default"), reason="no run-time ISA dispatch in this build"
+)
+def test_isa_dispatch_paths_match_reference(tmp_path):
+    """Both ISA paths (forced AVX2, and the auto choice: AVX-512 where the CPU has it) match the
+    eager oracle on the additive ops (forward and backward, tails included) and agree."""
+    import os
+    import subprocess
+    import sys
+
+    from attnzoo import _C
+
+    info = _C.build_info()
+    results = {}
+    for isa in ("avx2", "auto"):
+        path = str(tmp_path / f"{isa}.pt")
+        script = _ISA_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), path=path)
+        env = dict(os.environ)
+        env.pop("ATTNZOO_CPU_ISA", None)
+        if isa == "avx2":
+            env["ATTNZOO_CPU_ISA"] = "avx2"
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        used = res.stdout.split()[-1]
+        if isa == "avx2":
+            assert used == "avx2"
+        elif info.get("cpu_isa_avx512_kernels"):
+            assert used == ("avx512" if _cpu_has_avx512() else "avx2")
+        results[isa] = torch.load(path)
+    for x, y in zip(results["avx2"], results["auto"], strict=True):
+        for u, w in zip(x, y, strict=True):
+            if u.dtype == torch.int64:
+                assert torch.equal(u, w)
+            else:
+                torch.testing.assert_close(u, w, **TOL[u.dtype])

@@ -2,11 +2,11 @@
 // p_ij = exp(s_ij - lse_i); dv_j = sum_i p_ij dO_i (hard: one-hot of argmax);
 // ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i (o = soft_out for hard; average: ds = 0);
 // with t_ijh = tanh(a_ih + b_jh): da_ih = sum_j ds_ij w_h (1 - t^2), db_jh = sum_i ds_ij w_h (1 - t^2),
-// dw_h = sum_ij ds_ij t_ijh.
+// dw_h = sum_ij ds_ij t_ijh. Runs the AVX-512 block kernel when runtime_isa() picks it (see additive_fwd.cpp).
 #include <ATen/Dispatch.h>
 
 #include "common/validate.h"
-#include "cpu/additive_scorer.h"
+#include "cpu/additive_impl.h"
 #include "cpu/ops_cpu.h"
 
 namespace attnzoo::cpu {
@@ -28,13 +28,26 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at:
   auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
   std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_bwd", [&] {
-    const scalar_t *ap = aa.const_data_ptr<scalar_t>(), *bp = ba.const_data_ptr<scalar_t>(),
-                   *wp = wa.const_data_ptr<scalar_t>();
-    scalar_t* dap = da.data_ptr<scalar_t>();
-    backward_cpu<scalar_t>(mp, Blocks{}, Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-                           lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
-                           od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,
-                           [&] { return AdditiveScorer<scalar_t>(ap, bp, wp, Nq, Nk, H, dap); });
+    const AdditiveBwdArgs<scalar_t> p{mp,
+                                      Nq,
+                                      Nk,
+                                      H,
+                                      Dv,
+                                      aa.const_data_ptr<scalar_t>(),
+                                      ba.const_data_ptr<scalar_t>(),
+                                      wa.const_data_ptr<scalar_t>(),
+                                      va.const_data_ptr<scalar_t>(),
+                                      go.const_data_ptr<scalar_t>(),
+                                      lsea.const_data_ptr<scalar_t>(),
+                                      hard ? am.const_data_ptr<int64_t>() : nullptr,
+                                      od.const_data_ptr<scalar_t>(),
+                                      gl ? gl->const_data_ptr<scalar_t>() : nullptr,
+                                      &accs,
+                                      da.data_ptr<scalar_t>()};
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+    if (runtime_isa() == CpuIsa::kAVX512) return additive_bwd_avx512(p);
+#endif
+    additive_bwd_impl<scalar_t>(p);
   });
   return {da.to(a.scalar_type()), db.to(b.scalar_type()), dw.to(w.scalar_type()), dv.to(v.scalar_type())};
 }

@@ -1,11 +1,12 @@
 // attnzoo::additive_fwd on CPU: out_i = pool_j(s_ij) v_j, s_ij = sum_h w_h tanh(a_ih + b_jh).
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv) -> out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq)
 // and soft_out (B, Nq, Dv) for hard pooling. Never forms the (Nq, Nk, H) tensor: tanh is evaluated
-// per key block; bfloat16 is computed in float32.
+// per key block; bfloat16 is computed in float32. The block kernel runs the AVX-512 copy
+// (additive_avx512.cpp) when runtime_isa() picks it, else the AVX2 one compiled here.
 #include <ATen/Dispatch.h>
 
 #include "common/validate.h"
-#include "cpu/additive_scorer.h"
+#include "cpu/additive_impl.h"
 #include "cpu/ops_cpu.h"
 
 namespace attnzoo::cpu {
@@ -23,12 +24,23 @@ Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
   auto argmax = hard ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt);
   auto soft_out = hard ? at::empty({B, Nq, Dv}, aa.options()) : at::empty({0}, a.options());
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_fwd", [&] {
-    const scalar_t *ap = aa.const_data_ptr<scalar_t>(), *bp = ba.const_data_ptr<scalar_t>(),
-                   *wp = wa.const_data_ptr<scalar_t>();
-    forward_cpu<scalar_t>(mp, Blocks{}, Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                          hard ? argmax.data_ptr<int64_t>() : nullptr,
-                          hard ? soft_out.data_ptr<scalar_t>() : nullptr,
-                          [&] { return AdditiveScorer<scalar_t>(ap, bp, wp, Nq, Nk, H, nullptr); });
+    const AdditiveFwdArgs<scalar_t> p{mp,
+                                      Nq,
+                                      Nk,
+                                      H,
+                                      Dv,
+                                      aa.const_data_ptr<scalar_t>(),
+                                      ba.const_data_ptr<scalar_t>(),
+                                      wa.const_data_ptr<scalar_t>(),
+                                      va.const_data_ptr<scalar_t>(),
+                                      out.data_ptr<scalar_t>(),
+                                      lse.data_ptr<scalar_t>(),
+                                      hard ? argmax.data_ptr<int64_t>() : nullptr,
+                                      hard ? soft_out.data_ptr<scalar_t>() : nullptr};
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+    if (runtime_isa() == CpuIsa::kAVX512) return additive_fwd_avx512(p);
+#endif
+    additive_fwd_impl<scalar_t>(p);
   });
   return {out.to(a.scalar_type()), lse, argmax, hard ? soft_out.to(a.scalar_type()) : soft_out};
 }

@@ -8,6 +8,7 @@
 #include "cpu/fast_tanh.h"
 
 namespace attnzoo::cpu {
+inline namespace ATTNZOO_ISA {
 
 // a (B, Nq, H), b (B, Nk, H), w (H,); contiguous T. grads: da (B, Nq, H) written per query
 // block; acc[1] = db (B, Nk, H), acc[2] = dw (H,). grads() must follow scores() of the same block.
@@ -102,4 +103,5 @@ struct AdditiveScorer {
   }
 };
 
+}  // namespace ATTNZOO_ISA
 }  // namespace attnzoo::cpu

@@ -19,7 +19,9 @@
 #include <vector>
 
 #include "common/params.h"
+#include "cpu/acc_spec.h"
 #include "cpu/blas.h"
+#include "cpu/isa.h"
 
 // at::parallel_for is header-inline OpenMP: setup.py compiles the extension with -fopenmp
 // (Linux, GCC) so that it joins torch's OpenMP team; without it the kernels run serially.
@@ -28,6 +30,9 @@
 #endif
 
 namespace attnzoo::cpu {
+// Everything below uses at::vec and is compiled once per ISA (additive_avx512.cpp): the
+// per-ISA inline namespace keeps the copies apart (no ODR clash between translation units).
+inline namespace ATTNZOO_ISA {
 
 using at::vec::Vectorized;
 
@@ -241,13 +246,6 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
   });
 }
 
-// A gradient summed over queries: zero-initialised contiguous T tensor, (B, Nk, ...) when
-// per_batch, else without a batch dim (e.g. dw). Undefined tensors are passed as nullptr.
-struct AccSpec {
-  at::Tensor out;
-  bool per_batch;
-};
-
 // Accumulates dv into accs[0] (B, Nk, Dv); scorer.grads gets the other accumulators
 // (pointer i = accs[i]'s base for this thread). o_delta: out (soft_out for hard pooling).
 template <typename T, typename MakeScorer>
@@ -348,4 +346,5 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
   }
 }
 
+}  // namespace ATTNZOO_ISA
 }  // namespace attnzoo::cpu

@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
+#include "cpu/isa.h"
+
 #include <cstdint>
 
 extern "C" {
@@ -14,6 +16,7 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
 }
 
 namespace attnzoo::cpu {
+inline namespace ATTNZOO_ISA {
 
 template <typename T>
 inline void gemm_fallback(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
@@ -62,4 +65,5 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, con
   gemm_fallback<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+}  // namespace ATTNZOO_ISA
 }  // namespace attnzoo::cpu

@@ -1,0 +1,82 @@
+// The additive kernels (additive_impl.h) compiled a second time, for AVX-512 (16 floats per
+// vector), chosen at run time by additive_fwd / additive_bwd (isa.h). The rest of the extension
+// is compiled for AVX2 + FMA, so this file enables AVX-512 for its own code only:
+//  * CPU_CAPABILITY is switched to AVX512 so that at::vec uses its 512-bit Vectorized types, in
+//    its inline namespace at::vec::AVX512, and our kernels land in attnzoo::cpu::AVX512
+//    (ATTNZOO_ISA): nothing instantiated here clashes with the AVX2 copies.
+//  * Every ISA-neutral header (ATen, c10, std, ours) is included *before*
+//    `#pragma GCC target`, so its inline functions are compiled for the baseline: the linker
+//    keeps one copy of each inline function, and that copy must run on AVX2-only CPUs.
+//  * GCC's C++ front end does not define __AVX512F__ & co. under the pragma; they are defined by
+//    hand around the at::vec (and sleef.h) include, which select their AVX-512 code with them.
+#include "cpu/isa.h"  // ATTNZOO_HAVE_AVX512_KERNELS (the command line's -mavx2 -mfma)
+
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+
+#undef ATTNZOO_ISA
+#undef CPU_CAPABILITY
+#undef CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#define ATTNZOO_ISA CPU_CAPABILITY
+
+// --- ISA-neutral headers: compiled for the baseline (AVX2) ---
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/NumericUtils.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/Math.h>
+#include <ATen/native/quantized/AffineQuantizerBase.h>
+#include <c10/util/BFloat16-math.h>
+#include <c10/util/MathConstants.h>
+#include <c10/util/copysign.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/params.h"
+#include "cpu/acc_spec.h"
+#include "cpu/additive_kernels.h"
+
+// (at::vec must not be included above: its AVX-512 code would fail to compile without the target.)
+
+// --- AVX-512 code ---
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "cpu/additive_impl.h"
+
+static_assert(at::vec::Vectorized<float>::size() == 16, "additive_avx512.cpp: expected 512-bit at::vec");
+
+namespace attnzoo::cpu {
+
+void additive_fwd_avx512(const AdditiveFwdArgs<float>& p) { AVX512::additive_fwd_impl<float>(p); }
+void additive_fwd_avx512(const AdditiveFwdArgs<double>& p) { AVX512::additive_fwd_impl<double>(p); }
+void additive_bwd_avx512(const AdditiveBwdArgs<float>& p) { AVX512::additive_bwd_impl<float>(p); }
+void additive_bwd_avx512(const AdditiveBwdArgs<double>& p) { AVX512::additive_bwd_impl<double>(p); }
+
+}  // namespace attnzoo::cpu
+
+#undef __AVX512F__
+#undef __AVX512BW__
+#undef __AVX512VL__
+#undef __AVX512DQ__
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#endif  // ATTNZOO_HAVE_AVX512_KERNELS
