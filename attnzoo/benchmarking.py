@@ -95,7 +95,8 @@ class SDPA(nn.Module):
         self.scale = scale
 
     def forward(self, q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        # 4-D (batch, heads, N, d) input: torch's fused CPU kernel needs it (3-D takes the slow math path)
+        return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=self.scale)[:, 0]
 
 
 class TorchMHA(nn.Module):

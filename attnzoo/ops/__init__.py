@@ -20,7 +20,7 @@ _lib = None  # keeps the Python-defined library alive when the extension is abse
 
 def _load_extension():
     """Import ``attnzoo._C``; returns ``(module or None, reason)``."""
-    if os.environ.get("ATTNZOO_DISABLE_EXTENSION"):
+    if os.environ.get("ATTNZOO_DISABLE_EXTENSION", "").strip().lower() not in ("", "0", "false", "no"):
         return None, "disabled by ATTNZOO_DISABLE_EXTENSION"
     try:
         from attnzoo import _C
