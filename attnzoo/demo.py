@@ -5,7 +5,7 @@ Data ``y = 2 sin(x) + x^0.8 + eps``, ``eps ~ N(0, 0.5)``; 50 sorted training poi
 
 * ``average``: average pooling (every prediction is the mean of the training targets);
 * ``nadaraya_watson``: the non-parametric Gaussian-kernel estimator (w = 1);
-* ``nadaraya_watson(learnable=True)``: the parametric one, w trained as d2l does it
+* ``nadaraya_watson(learnable=True)``: the parametric one, w (from 1) trained as d2l does it
   (leave-one-out keys, SGD lr 0.5 on the summed squared error, 5 epochs).
 """
 
@@ -50,30 +50,34 @@ def predict(attn: attnzoo.Attention, data: Data) -> tuple[torch.Tensor, torch.Te
     return out.view(-1), w.view(len(data.x_test), len(data.x_train))
 
 
-def train_parametric(data: Data, seed: int = 0, epochs: int = 5, lr: float = 0.5, backend: str = "auto"):
-    """d2l's training of the parametric estimator; returns (model, per-epoch losses)."""
+def fit_leave_one_out(attn: attnzoo.Attention, data: Data, epochs: int = 5, lr: float = 0.5) -> list[float]:
+    """d2l's training: every training point a query over all the others (the diagonal masked out),
+    SGD on the summed squared error, full batch; returns the loss of each epoch."""
     n = len(data.x_train)
-    w0 = float(torch.rand(1, generator=torch.Generator().manual_seed(seed + 1)))
-    attn = attnzoo.create("nadaraya_watson", learnable=True, w=w0, backend=backend)
-    keep = ~torch.eye(n, dtype=torch.bool)  # leave-one-out: query i never sees key i
-    keys = data.x_train.repeat(n, 1)[keep].view(n, n - 1, 1)
-    values = data.y_train.repeat(n, 1)[keep].view(n, n - 1, 1)
-    queries = data.x_train.view(n, 1, 1)
+    x, y = _as_seq(data.x_train), _as_seq(data.y_train)
+    leave_one_out = ~torch.eye(n, dtype=torch.bool)
     opt = torch.optim.SGD(attn.parameters(), lr=lr)
     losses = []
     for _ in range(epochs):
         opt.zero_grad()
-        loss = ((attn(queries, keys, values).view(n) - data.y_train) ** 2 / 2).sum()
+        loss = ((attn(x, x, y, leave_one_out).view(n) - data.y_train) ** 2).sum()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    return attn, losses
+    return losses
+
+
+def train_parametric(data: Data, epochs: int = 5, lr: float = 0.5, backend: str = "auto"):
+    """The parametric estimator (w starts at 1, the non-parametric one) trained as d2l does;
+    returns (model, per-epoch losses)."""
+    attn = attnzoo.create("nadaraya_watson", learnable=True, backend=backend)
+    return attn, fit_leave_one_out(attn, data, epochs, lr)
 
 
 def run(seed: int = 0, out_dir: str | Path = "attnzoo-out", backend: str = "auto", plots: bool = True) -> dict:
     """Fit the three models; returns {model: {"mse": ..., "pred": ..., "weights": ...}} and writes PNGs."""
     data = make_data(seed)
-    parametric, losses = train_parametric(data, seed, backend=backend)
+    parametric, losses = train_parametric(data, backend=backend)
     models = {
         "average": attnzoo.create("average", backend=backend),
         "nadaraya_watson": attnzoo.create("nadaraya_watson", backend=backend),

@@ -27,6 +27,8 @@ from torch.nn import functional as F
 
 import attnzoo
 
+from . import demo
+
 # -- (a) Nadaraya–Watson regression -------------------------------------------------------------------------
 
 #: (label, variant, options, trained): the variants whose score makes sense on scalar x
@@ -62,47 +64,20 @@ class QualityResult:
         return asdict(self)
 
 
-def regression_data(seed: int = 0, n_train: int = 50):
-    """``(x_train, y_train, x_test, y_truth)`` of d2l 11.2, x sorted, noise sd 0.5."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def f(x):
-        return 2 * torch.sin(x) + x**0.8
-
-    x_train, _ = torch.sort(torch.rand(n_train, generator=gen) * 5)
-    y_train = f(x_train) + 0.5 * torch.randn(n_train, generator=gen)
-    x_test = torch.arange(0, 5, 0.1)
-    return x_train, y_train, x_test, f(x_test)
-
-
-def _fit_regression(attn: nn.Module, x_train, y_train, epochs: int, lr: float) -> float:
-    """d2l's training: each training point a query over the others (leave-one-out), SGD on the summed loss."""
-    q, k, v = x_train[:, None], x_train[:, None], y_train[:, None]
-    loo = ~torch.eye(len(x_train), dtype=torch.bool)
-    opt = torch.optim.SGD(attn.parameters(), lr=lr)
-    loss = torch.tensor(float("nan"))
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss = ((attn(q, k, v, mask=loo)[:, 0] - y_train) ** 2).sum()
-        loss.backward()
-        opt.step()
-    return loss.item()
-
-
 def regression(variants: Iterable[tuple[str, str, dict, bool]] = REGRESSION_VARIANTS, seed: int = 0,
                epochs: int = 5, lr: float = 0.5) -> list[QualityResult]:
     """Test MSE of each ``(label, variant, options, trained)`` on the d2l regression (see module doc)."""
-    x_train, y_train, x_test, y_truth = regression_data(seed)
+    data = demo.make_data(seed)
     results = []
     for label, name, options, trained in variants:
         torch.manual_seed(seed)
         try:
             info = attnzoo.variant_info(name)
             attn = attnzoo.create(name, **{**info.example_options(1, 1, 1), **options})
-            train_loss = _fit_regression(attn, x_train, y_train, epochs, lr) if trained else None
+            train_loss = demo.fit_leave_one_out(attn, data, epochs, lr)[-1] if trained else None
             with torch.no_grad():
-                y_hat = attn(x_test[:, None], x_train[:, None], y_train[:, None])[:, 0]
-            mse = float(((y_hat - y_truth) ** 2).mean())
+                y_hat, _ = demo.predict(attn, data)
+            mse = float(((y_hat - data.y_test) ** 2).mean())
             results.append(QualityResult("regression", label, name, "test_mse", mse, loss=train_loss))
         except Exception as exc:  # noqa: BLE001 - a variant that cannot take scalar inputs is reported, not fatal
             results.append(QualityResult("regression", label, name, "test_mse", math.nan, status="error",

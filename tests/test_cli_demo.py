@@ -41,8 +41,11 @@ def test_demo_reproduces_d2l(tmp_path, capsys):
 def test_demo_backends_agree():
     ref = demo.run(seed=1, plots=False, backend="reference")
     fused = demo.run(seed=1, plots=False, backend="fused")
-    for name in ("average", "nadaraya_watson", "nadaraya_watson(learnable)"):
-        assert abs(ref[name]["mse"] - fused[name]["mse"]) < 1e-4
+    for name in ("average", "nadaraya_watson"):
+        assert abs(ref[name]["mse"] - fused[name]["mse"]) < 1e-6
+    # five float32 SGD steps with lr 0.5 on a summed loss amplify rounding differences a little
+    a, b = ref["nadaraya_watson(learnable)"], fused["nadaraya_watson(learnable)"]
+    assert abs(a["w"] - b["w"]) < 1e-2 * a["w"] and abs(a["mse"] - b["mse"]) < 1e-2 * a["mse"]
 
 
 def test_python_dash_m():
