@@ -148,6 +148,19 @@ inline void block_rows(const MaskParams& mp, int64_t b, int64_t i0, int64_t nq, 
   }
 }
 
+// Rows' valid keys [lo, hi) clipped to the key block [j0, j0 + nk) as [ra, re) relative to j0,
+// and the block's raw scores into S (leading dimension bk), unless pooling is average.
+template <typename Scorer, typename T>
+inline void score_block(Scorer& scorer, int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+                        const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, std::vector<int64_t>& ra,
+                        std::vector<int64_t>& re, T* S, int64_t bk, bool avg) {
+  for (int64_t r = 0; r < nq; ++r) {
+    ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
+    re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
+  }
+  if (!avg) scorer.scores(b, i0, nq, j0, nk, S, bk, ra.data(), re.data());
+}
+
 // Raw scores of one row -> masked scores in [a, e): -inf where mask is false, 0 for average pooling.
 template <typename T>
 inline void mask_row_scores(const MaskParams& mp, T* s, int64_t b, int64_t i, int64_t j0, int64_t a, int64_t e,
@@ -186,11 +199,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
       }
       for (int64_t j0 = klo; j0 < khi; j0 += bk) {
         const int64_t nk = std::min(bk, khi - j0);
-        for (int64_t r = 0; r < nq; ++r) {
-          ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
-          re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
-        }
-        if (!avg) scorer.scores(b, i0, nq, j0, nk, S.data(), bk, ra.data(), re.data());
+        score_block(scorer, b, i0, nq, j0, nk, lo, hi, ra, re, S.data(), bk, avg);
         for (int64_t r = 0; r < nq; ++r) {
           T* s = S.data() + r * bk;
           const int64_t a = ra[r], e = re[r];
@@ -287,11 +296,7 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
     }
     for (int64_t j0 = klo; j0 < khi; j0 += bk) {
       const int64_t nk = std::min(bk, khi - j0);
-      for (int64_t r = 0; r < nq; ++r) {
-        ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
-        re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
-      }
-      if (!avg) scorer.scores(b, i0, nq, j0, nk, S.data(), bk, ra.data(), re.data());
+      score_block(scorer, b, i0, nq, j0, nk, lo, hi, ra, re, S.data(), bk, avg);
       for (int64_t r = 0; r < nq; ++r) {
         T* s = S.data() + r * bk;
         const int64_t a = ra[r], e = re[r];
