@@ -106,6 +106,51 @@ def test_no_key_bias_no_grad_lse(pooling):
     check_against_reference("additive", torch.float32, pooling, 2, 40, 90, masks="causal", grad_lse=False)
 
 
+def _check_additive_scaled(a, b, w, v, pooling, masks):
+    """additive fwd + bwd on given (float32 or float64) inputs against the float64 oracle."""
+    dtype = a.dtype
+    B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
+    valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
+    margs = (valid_lens, mask, pooling, causal, window)
+    args = (a, b, w, v)
+    got = torch.ops.attnzoo.additive_fwd(*args, *margs)
+    want = ref.additive_fwd(*[x.double() for x in args], *margs)
+    for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
+        if x.dtype == torch.int64:
+            assert torch.equal(x, y), name
+        else:
+            assert not x.isnan().any(), name
+            torch.testing.assert_close(x.double(), y, **TOL[dtype], msg=name)
+    g = torch.Generator().manual_seed(7)
+    grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
+    grads = torch.ops.attnzoo.additive_bwd(grad_out, None, *args, *margs, *got)
+    outs = [x.double() if x.is_floating_point() else x for x in got]
+    grads_ref = ref.additive_bwd(grad_out.double(), None, *[x.double() for x in args], *margs, *outs)
+    for x, y in zip(grads, grads_ref, strict=True):
+        assert not x.isnan().any()
+        torch.testing.assert_close(x.double(), y, **TOL[dtype])
+
+
+# The float32 forward evaluates tanh(a + b) as 1 - 2 / (1 + e^{2a} e^{2b}) when max |a|, |b| <= 20
+# (csrc/cpu/additive_impl.h), else with the rational tanh: both sides of the guard, saturation included.
+@pytest.mark.parametrize("masks", ["none", "all"])
+@pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", ["exp_form", "fallback_a", "fallback_b"])
+def test_additive_large_inputs(scale, dtype, pooling, masks):
+    a, b, w, v = make_inputs("additive", torch.float64, 2, 70, 150, D=40)
+    if scale == "exp_form":  # saturated tanh, |a|, |b| up to just under the bound
+        a, b = (a * 8).clamp(-19.9, 19.9), (b * 8).clamp(-19.9, 19.9)
+        a[0, 0, 0], b[0, 0, 0], b[1, 3, 5] = 19.9, -19.9, 19.9
+    elif scale == "fallback_a":  # one input past the bound: a * 30
+        a = a * 30
+    else:
+        b = b * 30
+        b[0, 0, 0] = float("inf")  # tanh(+inf) = 1: finite scores
+    w = w / 4
+    _check_additive_scaled(*(x.to(dtype) for x in (a, b, w, v)), pooling, masks)
+
+
 @pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bfloat16(family, pooling):

@@ -1,15 +1,68 @@
 // Bodies of the additive kernels (see additive_kernels.h), in the translation unit's ISA namespace.
 #pragma once
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
 #include "cpu/additive_kernels.h"
 #include "cpu/additive_scorer.h"
 
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
 
+// The float forward's exp form (AdditiveScorer::use_exp) needs |a|, |b| <= kExpBound so that
+// e^{2a} e^{2b} lies in [e^-80, e^80]: finite and normal in float. ATTNZOO_ADDITIVE_EXP=0
+// (read once) turns it off, for comparisons.
+constexpr float kExpBound = 20.0f;
+
+inline bool additive_exp_form_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ATTNZOO_ADDITIVE_EXP");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
+// out[k] = exp(2 x[k]) for k < n; false (out unspecified) when some |x[k]| > kExpBound or is NaN.
+inline bool exp2x_bounded(const float* x, float* out, int64_t n) {
+  using V = Vectorized<float>;
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n, 1 << 14, [&](int64_t k0, int64_t k1) {
+    bool in = true;
+    for (int64_t k = k0; k < k1; ++k) in &= std::fabs(x[k]) <= kExpBound;  // NaN -> false
+    if (!in) {
+      ok = false;
+      return;
+    }
+    int64_t k = k0;
+    for (; k + V::size() <= k1; k += V::size()) {
+      const V v = V::loadu(x + k);
+      (v + v).exp().store(out + k);
+    }
+    for (; k < k1; ++k) out[k] = std::exp(2.0f * x[k]);
+  });
+  return ok;
+}
+
 template <typename T>
 void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
-  forward_cpu<T>(p.mp, Blocks{}, p.Dv, p.v, p.out, p.lse, p.argmax, p.soft_out,
-                 [&] { return AdditiveScorer<T>(p.a, p.b, p.w, p.Nq, p.Nk, p.H, nullptr); });
+  std::vector<T> ea, eb;
+  bool use_exp = false;
+  if constexpr (std::is_same_v<T, float>) {
+    if (additive_exp_form_enabled()) {
+      const int64_t B = p.mp.B;
+      ea.resize(B * p.Nq * p.H);
+      eb.resize(B * p.Nk * p.H);
+      use_exp = exp2x_bounded(p.a, ea.data(), B * p.Nq * p.H) && exp2x_bounded(p.b, eb.data(), B * p.Nk * p.H);
+    }
+  }
+  forward_cpu<T>(p.mp, Blocks{}, p.Dv, p.v, p.out, p.lse, p.argmax, p.soft_out, [&] {
+    AdditiveScorer<T> sc(p.a, p.b, p.w, p.Nq, p.Nk, p.H, nullptr);
+    if (use_exp) sc.use_exp(ea.data(), eb.data());
+    return sc;
+  });
 }
 
 template <typename T>

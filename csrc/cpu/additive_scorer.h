@@ -20,6 +20,12 @@ struct AdditiveScorer {
   int64_t Nq, Nk, H;
   T* da;
   std::vector<T> bT, dbT, dwv;  // (H, kBK), (H, kBK), (H, VS)
+  // Forward-only exp form (use_exp): tanh(a + b) = 1 - 2 / (1 + e^{2a} e^{2b}), so
+  // s_ij = sum_h (-2 w_h) (1 / (1 + ea_ih eb_jh) - 1/2) with ea = exp(2a), eb = exp(2b)
+  // precomputed by the caller: one FMA and one reciprocal per element instead of a rational tanh.
+  // Only valid while ea * eb stays finite and normal (|a|, |b| <= kExpBound).
+  const T *ea = nullptr, *eb = nullptr;
+  std::vector<T> w2;  // -2 w
 
   AdditiveScorer(const T* a_, const T* b_, const T* w_, int64_t Nq_, int64_t Nk_, int64_t H_, T* da_)
       : a(a_), bb(b_), w(w_), Nq(Nq_), Nk(Nk_), H(H_), da(da_), bT(H_ * kBK, T(0)) {
@@ -31,11 +37,20 @@ struct AdditiveScorer {
 
   static int64_t round_up(int64_t x) { return (x + VS - 1) / VS * VS; }
 
+  // ea_ (B, Nq, H) = exp(2a), eb_ (B, Nk, H) = exp(2b); scores() then uses the exp form.
+  void use_exp(const T* ea_, const T* eb_) {
+    ea = ea_;
+    eb = eb_;
+    w2.resize(H);
+    for (int64_t h = 0; h < H; ++h) w2[h] = T(-2) * w[h];
+  }
+
   void scores(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, T* S, int64_t ldS, const int64_t* ra,
               const int64_t* re) {
-    const T* bblk = bb + (b * Nk + j0) * H;
+    const T* bblk = (ea ? eb : bb) + (b * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) bT[h * kBK + j] = bblk[j * H + h];
+    if (ea) return scores_exp(b, i0, nq, S, ldS, ra, re);
     for (int64_t r = 0; r < nq; ++r) {
       if (re[r] <= ra[r]) continue;
       const T* ar = a + (b * Nq + i0 + r) * H;
@@ -62,6 +77,40 @@ struct AdditiveScorer {
         const T* bt = bT.data() + j;
         for (int64_t h = 0; h < H; ++h, bt += kBK)
           s0 = at::vec::fmadd(V(w[h]), fast_tanh(V(ar[h]) + V::loadu(bt)), s0);
+        s0.store(s + j);
+      }
+    }
+  }
+
+  // scores() in the exp form; bT holds the transposed eb block (entries past nk: finite, unused).
+  void scores_exp(int64_t b, int64_t i0, int64_t nq, T* S, int64_t ldS, const int64_t* ra, const int64_t* re) {
+    const V one(T(1));
+    for (int64_t r = 0; r < nq; ++r) {
+      if (re[r] <= ra[r]) continue;
+      const T* ar = ea + (b * Nq + i0 + r) * H;
+      T* s = S + r * ldS;
+      const int64_t end = round_up(re[r]);
+      int64_t j = ra[r] - ra[r] % VS;
+      for (; j + 4 * VS <= end; j += 4 * VS) {
+        V s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+        const T* bt = bT.data() + j;
+        for (int64_t h = 0; h < H; ++h, bt += kBK) {
+          const V av(ar[h]), wv(w2[h]);
+          s0 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt), one)), s0);
+          s1 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + VS), one)), s1);
+          s2 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + 2 * VS), one)), s2);
+          s3 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + 3 * VS), one)), s3);
+        }
+        s0.store(s + j);
+        s1.store(s + j + VS);
+        s2.store(s + j + 2 * VS);
+        s3.store(s + j + 3 * VS);
+      }
+      for (; j < end; j += VS) {
+        V s0(T(0));
+        const T* bt = bT.data() + j;
+        for (int64_t h = 0; h < H; ++h, bt += kBK)
+          s0 = at::vec::fmadd(V(w2[h]), recip_minus_half(at::vec::fmadd(V(ar[h]), V::loadu(bt), one)), s0);
         s0.store(s + j);
       }
     }
