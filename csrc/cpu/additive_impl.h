@@ -48,19 +48,20 @@ inline bool exp2x_bounded(const float* x, float* out, int64_t n) {
 
 template <typename T>
 void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
-  std::vector<T> ea, eb;
+  at::Tensor ea, eb;  // torch tensors, not std::vector: memory profilers see them
   bool use_exp = false;
   if constexpr (std::is_same_v<T, float>) {
     if (additive_exp_form_enabled()) {
       const int64_t B = p.mp.B;
-      ea.resize(B * p.Nq * p.H);
-      eb.resize(B * p.Nk * p.H);
-      use_exp = exp2x_bounded(p.a, ea.data(), B * p.Nq * p.H) && exp2x_bounded(p.b, eb.data(), B * p.Nk * p.H);
+      ea = at::empty({B * p.Nq * p.H}, at::kFloat);
+      eb = at::empty({B * p.Nk * p.H}, at::kFloat);
+      use_exp = exp2x_bounded(p.a, ea.data_ptr<float>(), B * p.Nq * p.H) &&
+                exp2x_bounded(p.b, eb.data_ptr<float>(), B * p.Nk * p.H);
     }
   }
   forward_cpu<T>(p.mp, Blocks{}, p.Dv, p.v, p.out, p.lse, p.argmax, p.soft_out, [&] {
     AdditiveScorer<T> sc(p.a, p.b, p.w, p.Nq, p.Nk, p.H, nullptr);
-    if (use_exp) sc.use_exp(ea.data(), eb.data());
+    if (use_exp) sc.use_exp(static_cast<const T*>(ea.const_data_ptr()), static_cast<const T*>(eb.const_data_ptr()));
     return sc;
   });
 }
