@@ -50,44 +50,21 @@ struct AdditiveScorer {
     const T* bblk = (ea ? eb : bb) + (b * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) bT[h * kBK + j] = bblk[j * H + h];
-    if (ea) return scores_exp(b, i0, nq, S, ldS, ra, re);
-    for (int64_t r = 0; r < nq; ++r) {
-      if (re[r] <= ra[r]) continue;
-      const T* ar = a + (b * Nq + i0 + r) * H;
-      T* s = S + r * ldS;
-      const int64_t end = round_up(re[r]);
-      int64_t j = ra[r] - ra[r] % VS;
-      for (; j + 4 * VS <= end; j += 4 * VS) {
-        V s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
-        const T* bt = bT.data() + j;
-        for (int64_t h = 0; h < H; ++h, bt += kBK) {
-          const V av(ar[h]), wv(w[h]);
-          s0 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt)), s0);
-          s1 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + VS)), s1);
-          s2 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + 2 * VS)), s2);
-          s3 = at::vec::fmadd(wv, fast_tanh(av + V::loadu(bt + 3 * VS)), s3);
-        }
-        s0.store(s + j);
-        s1.store(s + j + VS);
-        s2.store(s + j + 2 * VS);
-        s3.store(s + j + 3 * VS);
-      }
-      for (; j < end; j += VS) {
-        V s0(T(0));
-        const T* bt = bT.data() + j;
-        for (int64_t h = 0; h < H; ++h, bt += kBK)
-          s0 = at::vec::fmadd(V(w[h]), fast_tanh(V(ar[h]) + V::loadu(bt)), s0);
-        s0.store(s + j);
-      }
+    if (ea) {  // exp form: w_h tanh(a + b) = -2 w_h (1 / (1 + e^2a e^2b) - 1/2)
+      const V one(T(1));
+      return score_rows(b, i0, nq, S, ldS, ra, re, ea, w2.data(),
+                        [one](V av, V bv) { return recip_minus_half(at::vec::fmadd(av, bv, one)); });
     }
+    score_rows(b, i0, nq, S, ldS, ra, re, a, w, [](V av, V bv) { return fast_tanh(av + bv); });
   }
 
-  // scores() in the exp form; bT holds the transposed eb block (entries past nk: finite, unused).
-  void scores_exp(int64_t b, int64_t i0, int64_t nq, T* S, int64_t ldS, const int64_t* ra, const int64_t* re) {
-    const V one(T(1));
+  // s_ij = sum_h wts_h * term(A_ih, bT_hj) for the valid keys of each row, 4 vectors of keys at a time.
+  template <typename Term>
+  void score_rows(int64_t b, int64_t i0, int64_t nq, T* S, int64_t ldS, const int64_t* ra, const int64_t* re,
+                  const T* A, const T* wts, Term term) {
     for (int64_t r = 0; r < nq; ++r) {
       if (re[r] <= ra[r]) continue;
-      const T* ar = ea + (b * Nq + i0 + r) * H;
+      const T* ar = A + (b * Nq + i0 + r) * H;
       T* s = S + r * ldS;
       const int64_t end = round_up(re[r]);
       int64_t j = ra[r] - ra[r] % VS;
@@ -95,11 +72,11 @@ struct AdditiveScorer {
         V s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
         const T* bt = bT.data() + j;
         for (int64_t h = 0; h < H; ++h, bt += kBK) {
-          const V av(ar[h]), wv(w2[h]);
-          s0 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt), one)), s0);
-          s1 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + VS), one)), s1);
-          s2 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + 2 * VS), one)), s2);
-          s3 = at::vec::fmadd(wv, recip_minus_half(at::vec::fmadd(av, V::loadu(bt + 3 * VS), one)), s3);
+          const V av(ar[h]), wv(wts[h]);
+          s0 = at::vec::fmadd(wv, term(av, V::loadu(bt)), s0);
+          s1 = at::vec::fmadd(wv, term(av, V::loadu(bt + VS)), s1);
+          s2 = at::vec::fmadd(wv, term(av, V::loadu(bt + 2 * VS)), s2);
+          s3 = at::vec::fmadd(wv, term(av, V::loadu(bt + 3 * VS)), s3);
         }
         s0.store(s + j);
         s1.store(s + j + VS);
@@ -109,8 +86,7 @@ struct AdditiveScorer {
       for (; j < end; j += VS) {
         V s0(T(0));
         const T* bt = bT.data() + j;
-        for (int64_t h = 0; h < H; ++h, bt += kBK)
-          s0 = at::vec::fmadd(V(w2[h]), recip_minus_half(at::vec::fmadd(V(ar[h]), V::loadu(bt), one)), s0);
+        for (int64_t h = 0; h < H; ++h, bt += kBK) s0 = at::vec::fmadd(V(wts[h]), term(V(ar[h]), V::loadu(bt)), s0);
         s0.store(s + j);
       }
     }
