@@ -75,25 +75,36 @@ inline void check_mask_args(const char* op, const at::Tensor& ref, const char* r
 }
 
 // q (B, Nq, D), k (B, Nk, D), v (B, Nk, Dv), key_bias (B, Nk).
+// `t` in the dtype and on the device of `ref`.
+inline void check_like(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
+                       const at::Tensor& ref) {
+  check_same_dtype(op, arg, t, ref_arg, ref);
+  check_same_device(op, arg, t, ref_arg, ref);
+}
+
+// The per-query x (B, Nq, F), per-key y (B, Nk, F) and values v (B, Nk, Dv) of both families
+// (F is D for bilinear, H for additive): ranks, shapes, a float dtype, y and v like x.
+inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const char* yn, const at::Tensor& y,
+                      const at::Tensor& v, const char* x_shape, const char* y_shape, bool allow_half) {
+  check_rank(op, xn, x, 3, x_shape);
+  check_rank(op, yn, y, 3, y_shape);
+  check_rank(op, "v", v, 3, "(B, Nk, Dv)");
+  check_float_dtype(op, xn, x, allow_half);
+  check_shape(op, yn, y, {x.size(0), y.size(1), x.size(2)}, y_shape);
+  check_shape(op, "v", v, {x.size(0), y.size(1), v.size(2)}, "(B, Nk, Dv)");
+  check_like(op, yn, y, xn, x);
+  check_like(op, "v", v, xn, x);
+}
+
 inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& valid_lens,
                                const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
                                bool allow_half) {
-  check_rank(op, "q", q, 3, "(B, Nq, D)");
-  check_rank(op, "k", k, 3, "(B, Nk, D)");
-  check_rank(op, "v", v, 3, "(B, Nk, Dv)");
-  check_float_dtype(op, "q", q, allow_half);
-  const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1);
-  check_shape(op, "k", k, {B, Nk, D}, "(B, Nk, D)");
-  check_shape(op, "v", v, {B, Nk, v.size(2)}, "(B, Nk, Dv)");
-  check_same_dtype(op, "k", k, "q", q);
-  check_same_dtype(op, "v", v, "q", q);
-  check_same_device(op, "k", k, "q", q);
-  check_same_device(op, "v", v, "q", q);
+  check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", allow_half);
+  const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1);
   if (key_bias.has_value()) {
     check_shape(op, "key_bias", *key_bias, {B, Nk}, "(B, Nk)");
-    check_same_dtype(op, "key_bias", *key_bias, "q", q);
-    check_same_device(op, "key_bias", *key_bias, "q", q);
+    check_like(op, "key_bias", *key_bias, "q", q);
   }
   check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, pooling, window);
 }
@@ -103,21 +114,11 @@ inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Te
                                const at::Tensor& v, const c10::optional<at::Tensor>& valid_lens,
                                const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
                                bool allow_half) {
-  check_rank(op, "a", a, 3, "(B, Nq, H)");
-  check_rank(op, "b", b, 3, "(B, Nk, H)");
+  check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", allow_half);
+  const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   check_rank(op, "w", w, 1, "(H,)");
-  check_rank(op, "v", v, 3, "(B, Nk, Dv)");
-  check_float_dtype(op, "a", a, allow_half);
-  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1);
-  check_shape(op, "b", b, {B, Nk, H}, "(B, Nk, H)");
-  check_shape(op, "w", w, {H}, "(H,)");
-  check_shape(op, "v", v, {B, Nk, v.size(2)}, "(B, Nk, Dv)");
-  check_same_dtype(op, "b", b, "a", a);
-  check_same_dtype(op, "w", w, "a", a);
-  check_same_dtype(op, "v", v, "a", a);
-  check_same_device(op, "b", b, "a", a);
-  check_same_device(op, "w", w, "a", a);
-  check_same_device(op, "v", v, "a", a);
+  check_shape(op, "w", w, {a.size(2)}, "(H,)");
+  check_like(op, "w", w, "a", a);
   check_mask_args(op, a, "a", B, Nq, Nk, valid_lens, mask, pooling, window);
 }
 
@@ -129,8 +130,7 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
   const int64_t B = x.size(0), Nq = x.size(1), Dv = v.size(2);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_shape(op, "grad_out", grad_out, {B, Nq, Dv}, "(B, Nq, Dv)");
-  check_same_dtype(op, "grad_out", grad_out, "the inputs", x);
-  check_same_device(op, "grad_out", grad_out, "the inputs", x);
+  check_like(op, "grad_out", grad_out, "the inputs", x);
   if (grad_lse.has_value()) {
     check_shape(op, "grad_lse", *grad_lse, {B, Nq}, "(B, Nq)");
     TORCH_CHECK(grad_lse->scalar_type() == acc, op, ": grad_lse must be ", acc, ", got ", grad_lse->scalar_type());
