@@ -39,6 +39,10 @@ class Attention(nn.Module):
                return_weights: bool) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
+    def output_from_weights(self, weights: Tensor, value: Tensor) -> Tensor:
+        """The output that ``weights`` (as returned) give on ``value``: ``weights @ value``."""
+        return weights @ value
+
     def output_dim(self, value_dim: int) -> int:
         """Last dim of the output for values of last dim ``value_dim``."""
         return value_dim

@@ -59,6 +59,10 @@ class MultiHeadAttention(Attention):
     def output_dim(self, value_dim: int) -> int:
         return self.embed_dim
 
+    def output_from_weights(self, weights: Tensor, value: Tensor) -> Tensor:
+        """``W_o [w_1 (W_v^1 v); ...; w_H (W_v^H v)]`` for per-head weights ``(..., H, Nq, Nk)``."""
+        return self.W_o((weights @ self._heads(self.W_v(value))).transpose(-2, -3).flatten(-2))
+
     def _heads(self, x: Tensor) -> Tensor:  # (..., N, H * d) -> (..., H, N, d)
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-2, -3)
 

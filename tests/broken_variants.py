@@ -146,6 +146,16 @@ class LastOnTies(Toy):
         return torch.zeros_like(s).scatter_(-1, last, 1.0) * valid.any(-1, keepdim=True)
 
 
+def toy_reference(attn, q, k):
+    """The toy's formula: ``q . k / (sqrt(d) temperature)``."""
+    return torch.einsum("...id,...jd->...ij", q, k) / (q.shape[-1] ** 0.5 * attn.temperature)
+
+
+class MissingTemperature(Toy):
+    def scores(self, q, k):
+        return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+
+
 #: check name -> the variant that must fail it
 BROKEN = {
     "check_output_shape_dtype": WrongDtype,
@@ -164,7 +174,10 @@ BROKEN = {
     "check_state_dict_roundtrip": UnsavedState,
     "check_deterministic": Noisy,
     "check_input_errors": NoValidation,
+    "check_reference_formula": MissingTemperature,
 }
+#: check name -> the reference formula its broken variant is run with
+REFERENCES = {"check_reference_formula": toy_reference}
 
 
 class BrokenPlugin:

@@ -1,7 +1,13 @@
-"""Shared fixtures: a fresh registry per test that touches plugins, and a fake installed plugin."""
+"""Shared fixtures: a fresh registry per test that touches plugins, and a fake installed plugin.
+
+The report header names the attnzoo under test (its path: the checkout or an installed copy) and
+its extension. ``ATTNZOO_EXPECT_EXTENSION=1`` (set by ``make test`` and CI) turns a missing
+extension into an error instead of skipped kernel tests.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -9,8 +15,29 @@ from pathlib import Path
 import pytest
 
 import attnzoo
+from attnzoo import ops
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["pytester"]
+
+
+def _under_test() -> str:
+    where = Path(attnzoo.__file__).parent
+    info = ops.build_info() if ops.EXTENSION else {}
+    ext = f"built for {', '.join(ops.compiled_devices())}" if ops.EXTENSION else ops.EXTENSION_STATUS
+    isa = f", cpu isa {info['cpu_isa_runtime']}" if "cpu_isa_runtime" in info else ""
+    return f"attnzoo {attnzoo.__version__} from {where}; extension: {ext}{isa}"
+
+
+def pytest_report_header(config):
+    return _under_test()
+
+
+def pytest_configure(config):
+    expect = os.environ.get("ATTNZOO_EXPECT_EXTENSION", "").strip().lower() not in ("", "0", "false", "no")
+    if expect and not ops.EXTENSION:
+        raise pytest.UsageError(f"ATTNZOO_EXPECT_EXTENSION is set, but the kernel tests would be skipped: "
+                                f"{_under_test()}")
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from attnzoo import demo
 from attnzoo.cli import main
@@ -38,14 +39,78 @@ def test_demo_reproduces_d2l(tmp_path, capsys):
     assert losses[-1] < losses[0]
 
 
-def test_demo_backends_agree():
+class D2lNWKernelRegression(torch.nn.Module):
+    """d2l's parametric Nadaraya-Watson model, as the book writes it (w starting at 1, as in the demo)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1, dtype=dtype))
+
+    def forward(self, queries, keys, values):
+        queries = queries.repeat_interleave(keys.shape[1]).reshape((-1, keys.shape[1]))
+        self.attention_weights = torch.nn.functional.softmax(-((queries - keys) * self.w) ** 2 / 2, dim=1)
+        return torch.bmm(self.attention_weights.unsqueeze(1), values.unsqueeze(-1)).reshape(-1)
+
+
+def d2l_training(data, dtype=torch.float32):
+    """d2l's training loop and test prediction: (learned w, per-epoch summed losses, test MSE)."""
+    x, y, x_test = data.x_train.to(dtype), data.y_train.to(dtype), data.x_test.to(dtype)
+    n = len(x)
+    others = ~torch.eye(n, dtype=torch.bool)
+    keys, values = x.repeat((n, 1))[others].reshape((n, -1)), y.repeat((n, 1))[others].reshape((n, -1))
+    net = D2lNWKernelRegression(dtype)
+    trainer = torch.optim.SGD(net.parameters(), lr=0.5)
+    losses = []
+    for _ in range(5):
+        trainer.zero_grad()
+        loss = torch.nn.MSELoss(reduction="none")(net(x, keys, values), y)
+        loss.sum().backward()
+        trainer.step()
+        losses.append(float(loss.sum().detach()))
+    with torch.no_grad():
+        pred = net(x_test, x.repeat((len(x_test), 1)), y.repeat((len(x_test), 1)))
+    return float(net.w.detach()), losses, float(((pred - data.y_test.to(dtype)) ** 2).mean())
+
+
+# float32 rounding, amplified a little by five SGD steps (seen: 3e-7 relative between the two codes)
+F32 = 4e-6
+
+
+def _assert_same_training(got: dict, w, losses, mse, rtol):
+    assert got["w"] == pytest.approx(w, rel=rtol)
+    assert got["train_losses"] == pytest.approx(losses, rel=rtol)
+    assert got["mse"] == pytest.approx(mse, rel=rtol)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_demo_matches_d2l(seed):
+    w, losses, mse = d2l_training(demo.make_data(seed))
+    _assert_same_training(demo.run(seed=seed, plots=False, backend="reference")["nadaraya_watson(learnable)"],
+                          w, losses, mse, F32)
+    w64, _, _ = d2l_training(demo.make_data(seed), torch.float64)
+    assert w == pytest.approx(w64, rel=F32)  # and d2l's own float32 run is that close to float64
+
+
+def test_demo_backends_agree_untrained():
     ref = demo.run(seed=1, plots=False, backend="reference")
     fused = demo.run(seed=1, plots=False, backend="fused")
     for name in ("average", "nadaraya_watson"):
-        assert abs(ref[name]["mse"] - fused[name]["mse"]) < 1e-6
-    # five float32 SGD steps with lr 0.5 on a summed loss amplify rounding differences a little
-    a, b = ref["nadaraya_watson(learnable)"], fused["nadaraya_watson(learnable)"]
-    assert abs(a["w"] - b["w"]) < 1e-2 * a["w"] and abs(a["mse"] - b["mse"]) < 1e-2 * a["mse"]
+        assert fused[name]["mse"] == pytest.approx(ref[name]["mse"], rel=F32)
+
+
+def test_demo_fused_training_within_its_cancellation_error():
+    """Until the exact form lands (next test), the fused training stays within 1 % of d2l's."""
+    w, losses, mse = d2l_training(demo.make_data(1))
+    _assert_same_training(demo.run(seed=1, plots=False, backend="fused")["nadaraya_watson(learnable)"],
+                          w, losses, mse, 1e-2)
+
+
+@pytest.mark.xfail(strict=True, reason="the fused Gaussian Nadaraya-Watson expands -w^2|q-k|^2/2 into q.k and |k|^2 "
+                   "terms, which cancel in float32 (w = 16-20 here): the exact-distance kernel is not built yet")
+def test_demo_backends_agree_after_training():
+    w, losses, mse = d2l_training(demo.make_data(1))
+    _assert_same_training(demo.run(seed=1, plots=False, backend="fused")["nadaraya_watson(learnable)"],
+                          w, losses, mse, F32)
 
 
 def test_python_dash_m():

@@ -11,6 +11,15 @@ In pytest (sklearn's ``parametrize_with_checks`` style)::
     def test_conformance(case, check):
         check(case)
 
+Give the suite your formula and it also compares the variant with it
+(:func:`~attnzoo.testing.checks.check_reference_formula`): ``reference(attn, query, key)``
+returns the scores ``(..., Nq, Nk)`` (multi-head: ``(..., H, Nq, Nk)``) computed from the
+paper's formula with ``attn``'s parameters, not by calling the variant::
+
+    check_variant("laplace", reference=lambda attn, q, k:
+                  -(q.unsqueeze(-2) - k.unsqueeze(-3)).abs().sum(-1) / attn.score.bandwidth)
+    parametrize_with_checks([("laplace", {}, my_reference)])
+
 Checks are chosen by the variant's capabilities (registered ones plus the instance's
 ``capabilities``). A variant declares checks it is known to fail with
 ``expected_failures={"check_name": "reason"}`` at registration: pytest marks them
@@ -23,16 +32,18 @@ import functools
 
 import attnzoo
 
-from .checks import CHECKS, Case, Check
+from .checks import CHECKS, Case, Check, Reference
 
-__all__ = ["CHECKS", "Case", "Check", "applicable_checks", "check_variant", "parametrize_with_checks"]
+__all__ = ["CHECKS", "Case", "Check", "Reference", "applicable_checks", "check_variant", "make_case",
+           "parametrize_with_checks"]
 
 _SIZES = (8, 8, 6)  # query, key, value dims of the suite's inputs
 
 
-def _case(name: str, options: dict | None) -> Case:
+def make_case(name: str, options: dict | None = None, reference: Reference | None = None) -> Case:
+    """The :class:`Case` the suite runs for ``create(name, **options)`` (example options filled in)."""
     info = attnzoo.variant_info(name)
-    return Case(name, {**info.example_options(*_SIZES), **(options or {})})
+    return Case(name, {**info.example_options(*_SIZES), **(options or {})}, reference)
 
 
 def applicable_checks(case: Case) -> list[Check]:
@@ -41,13 +52,14 @@ def applicable_checks(case: Case) -> list[Check]:
     return [c for c in CHECKS.values() if c.applies(caps)]
 
 
-def check_variant(name: str, **options) -> list[str]:
+def check_variant(name: str, *, reference: Reference | None = None, **options) -> list[str]:
     """Run every applicable check on ``create(name, **options)``; returns the names of the checks run.
 
     ``options`` update the variant's registered ``example_options`` for the suite's sizes
-    (query and key dim 8, value dim 6). Raises ``AssertionError`` naming the failed check.
+    (query and key dim 8, value dim 6); ``reference`` adds the formula check.
+    Raises ``AssertionError`` naming the failed check.
     """
-    case = _case(name, options)
+    case = make_case(name, options, reference)
     expected = attnzoo.variant_info(name).expected_failures
     ran = []
     for c in applicable_checks(case):
@@ -68,15 +80,16 @@ def check_variant(name: str, **options) -> list[str]:
 def parametrize_with_checks(variants):
     """pytest decorator: parametrize ``(case, check)`` over every applicable check of each variant.
 
-    ``variants``: names, or ``(name, options)`` pairs. Test ids read ``variant-check``
-    (``-k "cosine and gradcheck"`` works); declared expected failures are ``xfail(strict=True)``.
+    ``variants``: names, ``(name, options)`` pairs or ``(name, options, reference)`` triples. Test ids
+    read ``variant-check`` (``-k "cosine and gradcheck"`` works); declared expected failures are
+    ``xfail(strict=True)``.
     """
     import pytest
 
     params = []
     for item in variants:
-        name, options = (item, None) if isinstance(item, str) else item
-        case = _case(name, options)
+        name, options, reference = (item, None, None) if isinstance(item, str) else (*item, None)[:3]
+        case = make_case(name, options, reference)
         label = name if options is None else f"{name}[{','.join(f'{k}={v}' for k, v in options.items())}]"
         expected = attnzoo.variant_info(name).expected_failures
         for c in applicable_checks(case):

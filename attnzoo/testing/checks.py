@@ -3,6 +3,11 @@
 Each check is ``check(case)`` raising ``AssertionError`` (or the error a call raised)
 when the variant misbehaves. :class:`Case` builds the variant and its inputs; a
 check's ``needs`` / ``skips`` capabilities decide whether it applies.
+
+Most checks are invariances (masks, permutations, batching) or self-consistency
+(``out = w @ v``). :func:`check_reference_formula` is the one that compares a variant
+with an independent formula: it runs when the case carries a ``reference``,
+``reference(attn, query, key) -> scores`` written from the paper, not from the variant's code.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ import attnzoo
 B, NQ, NK, DQ, DK, DV = 2, 5, 7, 8, 8, 6
 
 
+#: ``reference(attn, query, key) -> scores``: ``(..., Nq, Nk)``, multi-head ``(..., H, Nq, Nk)``
+Reference = Callable[[attnzoo.Attention, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class Case:
-    """One variant with its options, able to build instances and inputs."""
+    """One variant with its options, able to build instances and inputs.
+
+    ``reference``, when given, is the variant's score written from its formula (reading the
+    parameters of ``attn``); it enables :func:`check_reference_formula`.
+    """
 
     name: str
     options: dict = field(default_factory=dict)
+    reference: Reference | None = field(default=None, compare=False)
 
     def make(self, dtype=torch.float64, seed: int = 0) -> attnzoo.Attention:
         torch.manual_seed(seed)
@@ -33,7 +47,8 @@ class Case:
     @property
     def capabilities(self) -> frozenset:
         info = attnzoo.variant_info(self.name)
-        return info.capabilities | frozenset(getattr(self.make(), "capabilities", ()))
+        caps = info.capabilities | frozenset(getattr(self.make(), "capabilities", ()))
+        return caps | {"reference"} if self.reference is not None else caps
 
     def inputs(self, dtype=torch.float64, batch=(B,), nq=NQ, nk=NK, seed: int = 1, requires_grad=False):
         g = torch.Generator().manual_seed(seed)
@@ -108,14 +123,23 @@ def check_output_shape_dtype(case: Case):
             assert torch.isfinite(out).all(), f"non-finite output for {dtype} inputs"
 
 
+#: bfloat16's machine epsilon (8 significant bits)
+BF16_EPS = torch.finfo(torch.bfloat16).eps
+
+
 @check(needs={"bfloat16"})
 def check_bfloat16(case: Case):
-    """bfloat16 inputs give a bfloat16 output close to the float64 one."""
-    attn64, attn16 = case.make(torch.float64), case.make(torch.bfloat16)
-    q, k, v = case.inputs(torch.float64)
-    out = attn16(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    """bfloat16 inputs give a bfloat16 output within a few bfloat16 roundings of the float64 one
+    (computed on the same rounded inputs and parameters): ``|out - ref| <= 4 eps_bf16 max|ref|``."""
+    attn16 = case.make(torch.bfloat16)
+    attn64 = copy.deepcopy(attn16).to(torch.float64)  # the bfloat16-rounded parameters, exactly
+    q, k, v = (t.bfloat16() for t in case.inputs(torch.float64))
+    out = attn16(q, k, v)
     assert out.dtype == torch.bfloat16, f"output dtype {out.dtype} for bfloat16 inputs"
-    _close(out.double(), attn64(q, k, v), "bfloat16 vs float64 output", atol=0.1, rtol=0.1)
+    ref = attn64(q.double(), k.double(), v.double())
+    tol = 4 * BF16_EPS * float(ref.detach().abs().max())  # the built-ins stay within 1.4 eps_bf16 max|out|
+    _close(out.double(), ref, f"bfloat16 vs float64 output (tolerance {tol:.3g} = 4 eps_bf16 max|out|)",
+           atol=tol, rtol=0)
 
 
 @check()
@@ -182,22 +206,37 @@ def check_masked_keys_ignored(case: Case):
 
 @check()
 def check_empty_rows(case: Case):
-    """A query with no valid key: zero output, zero weights, finite gradients, no NaN anywhere."""
+    """A query with no valid key: zero output, zero weights, no NaN anywhere; the gradients are finite,
+    and those of the empty rows alone (output and weights) are exactly zero for every input and parameter."""
     attn = case.make()
-    q, k, v = case.inputs(requires_grad=True)
     mask = torch.ones(B, NQ, NK, dtype=torch.bool)
     mask[0, 1] = False
     lengths = torch.tensor([NK, 0])
-    out, w = attn(q, k, v, mask, valid_lens=lengths, return_weights=True)
-    assert torch.isfinite(out).all() and torch.isfinite(w).all(), "NaN/inf output or weights with empty rows"
-    for what, rows in (("mask", (0, 1)), ("valid_lens=0", (1, slice(None)))):
-        assert (out[rows] == 0).all(), f"output of a row with no valid key ({what}) is not zero"
-        wr = w[0, ..., 1, :] if what == "mask" else w[1]
-        assert (wr == 0).all(), f"weights of a row with no valid key ({what}) are not zero"
-    (out.sum() + w.sum()).backward()
-    for name, t in (("query", q), ("key", k), ("value", v), *attn.named_parameters()):
-        if t.grad is not None:
+    empty = torch.zeros(B, NQ, dtype=torch.bool)
+    empty[0, 1], empty[1] = True, True
+    g = torch.Generator().manual_seed(9)
+    for only_empty in (False, True):
+        attn.zero_grad(set_to_none=True)
+        q, k, v = case.inputs(requires_grad=True)
+        out, w = attn(q, k, v, mask, valid_lens=lengths, return_weights=True)
+        assert torch.isfinite(out).all() and torch.isfinite(w).all(), "NaN/inf output or weights with empty rows"
+        for what, rows in (("mask", (0, 1)), ("valid_lens=0", (1, slice(None)))):
+            assert (out[rows] == 0).all(), f"output of a row with no valid key ({what}) is not zero"
+            wr = w[0, ..., 1, :] if what == "mask" else w[1]
+            assert (wr == 0).all(), f"weights of a row with no valid key ({what}) are not zero"
+        rows_w = empty.view(B, *([1] * (w.dim() - 3)), NQ, 1)
+        everything = torch.tensor(True)
+        keep_o, keep_w = (empty.unsqueeze(-1), rows_w) if only_empty else (everything, everything)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).where(keep_o, 0).sum() \
+            + (w * torch.randn(w.shape, generator=g, dtype=w.dtype)).where(keep_w, 0).sum()
+        loss.backward()
+        for name, t in (("query", q), ("key", k), ("value", v), *attn.named_parameters()):
+            if t.grad is None:
+                continue
             assert torch.isfinite(t.grad).all(), f"non-finite gradient for {name} with empty rows"
+            if only_empty:
+                assert (t.grad == 0).all(), (f"gradient of {name} through the rows with no valid key is not zero "
+                                             f"(max |grad| {float(t.grad.abs().max()):.3g})")
 
 
 @check(skips={"positional"})
@@ -273,13 +312,14 @@ def check_hard_ties(case: Case):
     assert (first == want).all() and ((w == 0) | (w == 1)).all(), f"tie broken at keys {first.unique().tolist()}"
 
 
-@check(skips={"multihead"})
+@check()
 def check_weights_pool_values(case: Case):
-    """The output is the weights applied to the values: out = w @ v."""
+    """The output is the weights applied to the values: ``out = attn.output_from_weights(w, v)``
+    (``w @ v``; multi-head: per head, then the output projection)."""
     attn = case.make()
     q, k, v = case.inputs()
     out, w = attn(q, k, v, valid_lens=_lengths(), return_weights=True)
-    _close(out, w @ v, "output vs weights @ value")
+    _close(out, attn.output_from_weights(w, v), "output vs the weights applied to the values")
 
 
 @check()
@@ -346,3 +386,55 @@ def check_input_errors(case: Case):
     _raises_naming(lambda: attn(q, k, v, torch.ones(B, NQ, NK)), "mask", "float mask")
     _raises_naming(lambda: attn(q, k, v, valid_lens=torch.tensor([1, 2, 3])), "valid_lens", "valid_lens of 3 for B=2")
     _raises_naming(lambda: attn(q, k, v, valid_lens=torch.tensor([1.0, 2.0])), "valid_lens", "float valid_lens")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _perturbed(attn: attnzoo.Attention, seed: int = 4) -> attnzoo.Attention:
+    """Move every parameter far from its initial value, as training would: each element times 1.5 +- 0.5."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.mul_(1.5 + 0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return attn
+
+
+def _reference_weights(scores: torch.Tensor, valid: torch.Tensor, caps: frozenset) -> torch.Tensor:
+    """Pooling of ``scores`` over ``valid`` keys, written independently of attnzoo's poolings."""
+    if "average" in caps:
+        n = valid.sum(-1, keepdim=True)
+        return valid.double() / n.clamp_min(1)
+    s = scores.masked_fill(~valid, float("-inf"))
+    live = torch.isfinite(s).any(-1, keepdim=True)  # rows with a key of finite score
+    if "hard" in caps:
+        first = s.argmax(-1, keepdim=True)  # torch.argmax returns the first maximum
+        return torch.zeros_like(s).scatter(-1, first, 1.0) * live
+    return torch.softmax(torch.where(live, s, 0.0), -1) * live
+
+
+@check(needs={"reference"})
+def check_reference_formula(case: Case):
+    """Output and weights equal the pooling (softmax / first arg-max / uniform, within masks, lengths,
+    causality and window) of the case's reference formula, in float64, on un-centred inputs and values,
+    with parameters moved far from their initial values."""
+    attn = _perturbed(case.make())
+    q, k, v = case.inputs()
+    q, k, v = 0.5 + 1.5 * q, -0.25 + 1.5 * k, 1e3 + 10 * v
+    lengths, mask = _lengths(), torch.ones(B, NQ, NK, dtype=torch.bool)
+    mask[0, 3, :2] = False
+    mask[1, :, 1] = False
+    out, w = attn(q, k, v, mask, valid_lens=lengths, return_weights=True)
+    with torch.no_grad():
+        scores = case.reference(attn, q, k)
+    heads = w.dim() - 3  # 1 for multi-head weights (B, H, Nq, Nk)
+    valid = mask & (torch.arange(NK) < lengths.view(B, 1, 1)) & _structure_valid(attn, NQ, NK)
+    valid = valid.view(B, *([1] * heads), NQ, NK)
+    if tuple(scores.shape) != tuple(w.shape):
+        raise AssertionError(f"reference scores have shape {tuple(scores.shape)}, weights {tuple(w.shape)}")
+    caps = case.capabilities
+    want = _reference_weights(scores.double(), valid.expand(w.shape), caps)
+    if not caps & {"hard", "average"} and not ((want > 0).sum(-1) > 1).any():
+        raise AssertionError("the reference weights have no row with two keys in it: these options make the "
+                             "check prove nothing (e.g. a kernel support narrower than the inputs' spread)")
+    _close(w.detach(), want, "weights vs the pooled reference formula", atol=1e-9, rtol=1e-7)
+    if not heads:
+        _close(out.detach(), want @ v, "output vs the pooled reference formula @ value", atol=1e-7, rtol=1e-9)
