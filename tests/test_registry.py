@@ -158,8 +158,10 @@ def test_example_package_is_discovered_and_conforms(installed):
     installed("attnzoo-laplace", {"laplace": "attnzoo_laplace"}, extra_path=[example])
     assert "laplace" in attnzoo.list_variants()
     assert attnzoo.variant_info("laplace").plugin == "laplace"
-    check_variant("laplace")
-    check_variant("hard", score="laplace")
+    laplace = lambda q, k, b: -(q.unsqueeze(-2) - k.unsqueeze(-3)).abs().sum(-1) / b  # the plugin's formula
+    assert "check_reference_formula" in check_variant(
+        "laplace", reference=lambda attn, q, k: laplace(q, k, attn.score.bandwidth))
+    check_variant("hard", score="laplace", reference=lambda attn, q, k: laplace(q, k, attn.score.bandwidth))
     check_variant("multihead", score="laplace")
 
 
