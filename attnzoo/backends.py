@@ -55,10 +55,37 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
         return "reference", f"reference: {why}", None
     if not isinstance(form, (Bilinear, Additive)):
         raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Additive or None, got {form!r}")
+    check_form(type(score).__name__, form, query, key)
     family = type(form).__name__.lower()
     dev = query.device.type
     where = "compiled kernels" if compiled else f"the ops' eager implementation (no compiled {dev} kernel)"
     return "fused", f"fused: {family} family, {query.device.type} / {query.dtype}, on {where}", form
+
+
+def check_form(name: str, form: Bilinear | Additive, query: Tensor, key: Tensor) -> None:
+    """The tensors of a score's fused form must fit the inputs: ``(..., Nq, F)`` per query,
+    ``(..., Nk, F)`` per key, one feature size ``F``, the inputs' batch dims, dtype and device."""
+    batch, nq, nk = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
+    if isinstance(form, Bilinear):
+        parts = {"q": (form.q, (*batch, nq, None)), "k": (form.k, (*batch, nk, None))}
+        if form.key_bias is not None:
+            parts["key_bias"] = (form.key_bias, (*batch, nk))
+    else:
+        parts = {"a": (form.a, (*batch, nq, None)), "b": (form.b, (*batch, nk, None)), "w": (form.w, (None,))}
+    width = None
+    for field, (t, want) in parts.items():
+        what = f"score {name}: fused() form {type(form).__name__}.{field}"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: expected a tensor, got {type(t).__name__}")
+        if t.dtype != query.dtype or t.device != query.device:
+            raise TypeError(f"{what}: {t.dtype} on {t.device}, the inputs are {query.dtype} on {query.device}")
+        shape = tuple(t.shape)
+        if len(shape) != len(want) or any(w is not None and g != w for g, w in zip(shape, want, strict=True)):
+            raise ValueError(f"{what}: shape {shape}, needs {tuple('F' if w is None else w for w in want)}")
+        if None in want:
+            width = shape[-1] if width is None else width
+            if shape[-1] != width:
+                raise ValueError(f"{what}: feature size {shape[-1]}, the form's other tensors have {width}")
 
 
 def _compiled_for(query: Tensor) -> bool:
@@ -85,11 +112,13 @@ def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tenso
     out = out.reshape(*spec.batch, *out.shape[1:])
     if not return_weights:
         return out, None
-    return out, _weights_from_lse(form, pooling, query, spec, lse.reshape(*spec.batch, -1), argmax)
+    return out, _weights_from_lse(form, pooling, query, spec, lse.reshape(*spec.batch, spec.nq), argmax)
 
 
 def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
-    """``w_ij = exp(s_ij - lse_i)`` on valid keys, with ``s`` recomputed from the kernel's own form."""
+    """``w_ij = exp(s_ij - lse_i) / sum_l exp(s_il - lse_i)`` on valid keys, ``s`` recomputed from the
+    kernel's own form. The kernel's lse only shifts the exponent (so nothing overflows); the division
+    makes each valid row sum to 1 even where the recomputed scores round differently from the kernel's."""
     valid = spec.dense(query.device)
     if pooling == "average":
         return pool(None, valid, "average", query.dtype)
@@ -98,10 +127,13 @@ def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
     else:
         s = reference.additive_terms(form.a, form.b, form.w)[1]
     s = s.masked_fill(~valid, float("-inf"))  # before exp: exp(s - lse) may overflow on masked keys
-    finite = torch.isfinite(lse).unsqueeze(-1)
-    p = torch.exp(s - torch.where(finite, lse.unsqueeze(-1), 0.0)).to(query.dtype)
+    shift = lse.unsqueeze(-1).detach()
+    shift = torch.where(shift == float("-inf"), 0.0, shift)  # empty rows; a NaN lse (NaN scores) stays NaN
+    e = torch.exp(s - shift)
+    total = e.sum(-1, keepdim=True)
+    p = (e / torch.where(total == 0, 1.0, total)).to(query.dtype)
     if pooling != "hard":
         return p
-    idx = argmax.reshape(*spec.batch, -1, 1)
+    idx = argmax.reshape(*spec.batch, spec.nq, 1)
     onehot = torch.zeros_like(p).scatter_(-1, idx.clamp_min(0), 1.0) * (idx >= 0)
     return onehot + (p - p.detach())

@@ -30,8 +30,9 @@ class Attention(nn.Module):
         check_qkv(query, key, value)
         spec = mask_spec(query, key, mask, valid_lens)
         used = spec.keys_in_use()
-        if used is not None:  # padding may hold garbage (NaN, inf), and 0 * NaN would leak into the output
+        if used is not None:  # padding may hold garbage (NaN, inf): 0 * NaN would leak into outputs and gradients
             value = value.masked_fill(~used.unsqueeze(-1), 0.0)
+            key = key.masked_fill(~used.unsqueeze(-1), 0.0)
         out, weights = self.attend(query, key, value, spec, return_weights)
         return (out, weights) if return_weights else out
 

@@ -78,7 +78,9 @@ class MaskSpec:
         used = None
         if self.valid_lens is not None:
             j = torch.arange(self.nk, device=self.valid_lens.device)
-            used = j < self.valid_lens.amax(-1, keepdim=True)
+            vl = self.valid_lens
+            longest = vl.amax(-1, keepdim=True) if vl.shape[-1] else vl.new_zeros(*vl.shape[:-1], 1)  # Nq = 0
+            used = j < longest
         if self.mask is not None:
             m = self.mask.reshape((1,) * max(0, 2 - self.mask.dim()) + tuple(self.mask.shape)).any(-2)
             used = m if used is None else used & m

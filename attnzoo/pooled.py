@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from . import backends
@@ -12,6 +13,24 @@ from .interface import Attention
 from .masks import MaskSpec
 from .pooling import POOLINGS, pool
 from .validation import check_qkv, mask_spec
+
+
+def _zero_attached(*inputs: Tensor) -> Tensor:
+    """A scalar 0 whose gradient to each input is zero (finite even if an input holds inf or NaN)."""
+    total = sum(t.sum() for t in inputs)
+    return total.where(torch.zeros((), dtype=torch.bool, device=total.device), 0.0)
+
+
+def _check_scores(score: nn.Module, scores, query: Tensor, spec: MaskSpec) -> None:
+    """A score's output must be exactly ``batch + (Nq, Nk)`` in the inputs' dtype: no silent broadcast."""
+    want = (*spec.batch, spec.nq, spec.nk)
+    name = type(score).__name__
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != want:
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"score {name} returned shape {got}, needs batch + (Nq, Nk) = {want}")
+    if scores.dtype != query.dtype:
+        raise TypeError(f"score {name} returned dtype {scores.dtype} for {query.dtype} inputs; "
+                        "return scores in the inputs' dtype")
 
 
 class PooledAttention(Attention):
@@ -62,15 +81,15 @@ class PooledAttention(Attention):
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
-            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1])
-            return out, (value.new_zeros(*spec.batch, spec.nq, spec.nk) if return_weights else None)
+            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + _zero_attached(query, key, value)
+            weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + _zero_attached(query, key, value)
+            return out, (weights if return_weights else None)
         backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
         if backend == "fused":
             return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights)
         scores = None if self.pooling == "average" else self.score(query, key)
-        if scores is not None and scores.shape[-2:] != (query.shape[-2], key.shape[-2]):
-            raise ValueError(f"score {type(self.score).__name__} returned shape {tuple(scores.shape)}, "
-                             f"needs (..., Nq, Nk) = (..., {query.shape[-2]}, {key.shape[-2]})")
+        if scores is not None:
+            _check_scores(self.score, scores, query, spec)
         weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
         out = weights @ value
         return out, (weights if return_weights else None)

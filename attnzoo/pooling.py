@@ -21,10 +21,10 @@ def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
     """Softmax over the valid keys of each row; all-zero rows where no key is valid."""
     s = scores.masked_fill(~valid, float("-inf"))
     m = s.amax(-1, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = torch.where(m == float("-inf"), 0.0, m)  # no valid key; a NaN score keeps m NaN: the row is NaN, like torch
     e = torch.exp(s - m)
     denom = e.sum(-1, keepdim=True)
-    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return e / torch.where(denom == 0, 1.0, denom)
 
 
 def one_hot_argmax(scores: Tensor, valid: Tensor) -> Tensor:

@@ -127,10 +127,17 @@ class Registry:
         return name
 
     def register(self, plugin, name: str | None = None) -> str:
-        """Register a plugin object or module at run time; returns its name. Errors raise."""
+        """Register a plugin object or module at run time; returns its name. Errors (a name that is
+        already taken among them) raise here, and leave the registry as it was."""
         self.load_entry_points()
         name = self._add(plugin, name)
         self._cache = None
+        try:
+            self._build()
+        except DuplicateNameError:
+            self.pm.unregister(name=name)
+            self._cache = None
+            raise
         return name
 
     def unregister(self, plugin=None, name: str | None = None) -> None:
@@ -146,24 +153,40 @@ class Registry:
         scores: dict[str, ScoreInfo] = {}
         variants: dict[str, VariantInfo] = {}
 
+        def installed(plugin: str) -> bool:  # a third-party entry point (not a built-in, not run-time)
+            return self._dist_of.get(plugin, BUILTIN_DIST) != BUILTIN_DIST
+
+        def clash(plugin: str, error: DuplicateNameError) -> None:
+            """An installed plugin's duplicate is skipped (recorded, with a warning); a run-time one raises."""
+            if not installed(plugin):
+                raise error
+            self._fail(plugin, "register", error)  # re-raises in strict mode
+
         def collect(hook, table, make):
-            for impl in hook.get_hookimpls():
+            for impl in hook.get_hookimpls():  # in registration order: built-ins, entry points, run time
                 found = self._call_register_hook(impl, make)
                 for name, info in (found or {}).items():
                     if name in table:
-                        raise DuplicateNameError(
+                        clash(info.plugin, DuplicateNameError(
                             f"{name!r} is registered by two plugins: {table[name].plugin!r} and {info.plugin!r}; "
-                            "unregister or block one (ATTNZOO_BLOCK_PLUGINS)")
+                            f"{info.plugin!r}'s is skipped; unregister or block one (ATTNZOO_BLOCK_PLUGINS)"))
+                        continue
                     table[name] = info
 
         collect(self.pm.hook.attnzoo_register_scores, scores, _score_info)
         collect(self.pm.hook.attnzoo_register_variants, variants, _variant_info)
-        for name, s in scores.items():  # every score is also a soft-pooling variant of its name
+        for name, s in list(scores.items()):  # every score is also a soft-pooling variant of its name
             if name not in variants:
                 variants[name] = _score_variant(s)
             elif variants[name].plugin != s.plugin:
-                raise DuplicateNameError(f"{name!r} is a score of plugin {s.plugin!r} and a variant of plugin "
-                                         f"{variants[name].plugin!r}; every score is also a variant of its name")
+                loser = variants[name].plugin if installed(variants[name].plugin) else s.plugin
+                clash(loser, DuplicateNameError(
+                    f"{name!r} is a score of plugin {s.plugin!r} and a variant of plugin {variants[name].plugin!r}; "
+                    f"every score is also a variant of its name; {loser!r}'s is skipped"))
+                if loser == s.plugin:
+                    del scores[name]
+                else:
+                    variants[name] = _score_variant(s)
         self._cache = (scores, variants)
         return self._cache
 

@@ -35,6 +35,13 @@ class Additive:
     w: Tensor
 
 
+def check_size(name: str, value) -> int:
+    """``value`` as a size option (a dimension): a positive int, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int (a dimension), got {value!r}")
+    return value
+
+
 class Score(nn.Module):
     """Base class of the built-in scores (third-party scores need only ``forward``)."""
 

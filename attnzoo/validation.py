@@ -16,11 +16,21 @@ def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+LENGTH_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_dense(name: str, t: Tensor) -> None:
+    if t.layout != torch.strided:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}; call .to_dense() first")
+
+
 def check_tensor(name: str, t, min_dim: int = 2) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if not (t.is_floating_point()):
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    _check_dense(name, t)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}")
     if t.dim() < min_dim:
         raise ValueError(f"{name}: expected shape (..., N, D) with at least {min_dim} dims, got {_shape(t)}")
 
@@ -40,6 +50,9 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"{_shape(query)}, key {_shape(key)}, value {_shape(value)} (batch dims {tuple(query.shape[:-2])}, "
             f"{tuple(key.shape[:-2])}, {tuple(value.shape[:-2])})"
         )
+    for name, t in (("query", query), ("key", key)):
+        if t.shape[-1] == 0:
+            raise ValueError(f"{name}: needs at least one feature (last dim >= 1), got shape {_shape(t)}")
     if value.shape[-2] != key.shape[-2]:
         raise ValueError(
             f"value: needs one row per key, Nk = key.shape[-2] = {key.shape[-2]}, got value {_shape(value)}"
@@ -54,6 +67,7 @@ def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpe
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"mask: expected a bool tensor (True = attend), got {got}")
+        _check_dense("mask", mask)
         if mask.device != query.device:
             raise ValueError(f"mask: on device {mask.device}, query on {query.device}")
         try:
@@ -66,8 +80,10 @@ def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpe
     if valid_lens is not None:
         if not isinstance(valid_lens, Tensor):
             valid_lens = torch.as_tensor(valid_lens, device=query.device)
-        if valid_lens.dtype.is_floating_point or valid_lens.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise TypeError(f"valid_lens: expected an integer tensor, got dtype {valid_lens.dtype}")
+        _check_dense("valid_lens", valid_lens)
+        if valid_lens.dtype not in LENGTH_DTYPES:  # uint16/32/64 would wrap on the way to int64
+            raise TypeError(f"valid_lens: expected an integer tensor (int8/16/32/64 or uint8), "
+                            f"got dtype {valid_lens.dtype}")
         if valid_lens.device != query.device:
             raise ValueError(f"valid_lens: on device {valid_lens.device}, query on {query.device}")
         if tuple(valid_lens.shape) == batch:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 import attnzoo
 from attnzoo.scoring import Additive as AdditiveForm
-from attnzoo.scoring import Bilinear, Score
+from attnzoo.scoring import Bilinear, Score, check_size
 
 
 class Dot(Score):
@@ -41,7 +41,7 @@ class General(Score):
 
     def __init__(self, query_dim: int, key_dim: int):
         super().__init__()
-        self.query_dim, self.key_dim = query_dim, key_dim
+        self.query_dim, self.key_dim = check_size("query_dim", query_dim), check_size("key_dim", key_dim)
         self.W = nn.Parameter(torch.empty(query_dim, key_dim))
         nn.init.normal_(self.W, std=(query_dim * key_dim) ** -0.25)  # scores of the scale of a dot product
 
@@ -86,7 +86,7 @@ class Concat(Score):
 
     def __init__(self, query_dim: int, key_dim: int):
         super().__init__()
-        self.query_dim, self.key_dim = query_dim, key_dim
+        self.query_dim, self.key_dim = check_size("query_dim", query_dim), check_size("key_dim", key_dim)
         self.w = nn.Linear(query_dim + key_dim, 1, bias=False)
 
     @classmethod
@@ -101,8 +101,9 @@ class Concat(Score):
         return (query @ wq).unsqueeze(-1) + (key @ wk).unsqueeze(-2)
 
     def fused(self, query, key):
-        _, wk = self._parts()  # the query term cancels in every pooling over keys
-        return Bilinear(query.new_zeros(*query.shape[:-1], 1), key.new_zeros(*key.shape[:-1], 1), key @ wk)
+        _, wk = self._parts()  # the query term cancels in every pooling over keys: its gradient is zero
+        no_query = query[..., :1].where(torch.zeros((), dtype=torch.bool, device=query.device), 0.0)  # 0, grad 0
+        return Bilinear(no_query, key.new_zeros(*key.shape[:-1], 1), key @ wk)
 
 
 class Additive(Score):
@@ -110,7 +111,8 @@ class Additive(Score):
 
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int):
         super().__init__()
-        self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
+        self.query_dim, self.key_dim = check_size("query_dim", query_dim), check_size("key_dim", key_dim)
+        self.hidden_dim = check_size("hidden_dim", hidden_dim)
         self.W_q = nn.Linear(query_dim, hidden_dim, bias=False)
         self.W_k = nn.Linear(key_dim, hidden_dim, bias=False)
         self.w_v = nn.Linear(hidden_dim, 1, bias=False)

@@ -80,6 +80,16 @@ torch.library.register_autograd("attnzoo::bilinear_fwd", _bilinear_backward, set
 torch.library.register_autograd("attnzoo::additive_fwd", _additive_backward, setup_context=_additive_setup)
 
 
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "attnzoo: second derivatives through the fused kernels (torch.autograd.grad(..., create_graph=True) "
+        "then backward) are not implemented; use backend='reference' for double backward")
+
+
+for _bwd in ("attnzoo::bilinear_bwd", "attnzoo::additive_bwd"):  # an error, never a silently wrong number
+    torch.library.register_autograd(_bwd, _no_double_backward)
+
+
 def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: got {pooling!r}, expected one of {sorted(POOLINGS)}")

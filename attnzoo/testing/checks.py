@@ -189,19 +189,29 @@ def _structure_valid(attn, nq, nk):
 
 @check()
 def check_masked_keys_ignored(case: Case):
-    """Changing masked-out keys and values (mask or valid_lens) leaves the output unchanged."""
+    """Changing the keys and values a query may not attend (mask or valid_lens) leaves its output unchanged,
+    also when other queries attend them; NaN in padded values (masked for every query) changes nothing."""
     attn = case.make()
     q, k, v = case.inputs()
+    # queries 3.. attend every key (so nothing is zeroed as padding); queries 0..2 neither keys 2, 5 nor keys >= 4
+    per_query = torch.ones(B, NQ, NK, dtype=torch.bool)
+    per_query[:, :3, [2, 5]] = False
+    lengths = torch.full((B, NQ), NK)
+    lengths[:, :3] = 4
+    for kw, hidden in (({"mask": per_query}, [2, 5]), ({"valid_lens": lengths}, list(range(4, NK)))):
+        k2, v2 = k.clone(), v.clone()
+        k2[:, hidden] = torch.randn_like(k2[:, hidden]) * 10
+        v2[:, hidden] = torch.randn_like(v2[:, hidden]) * 10
+        what = next(iter(kw))
+        a, b = attn(q, k2, v2, **kw), attn(q, k, v, **kw)
+        _close(a[:, :3], b[:, :3], f"output of queries 0..2 after changing keys they may not attend ({what})")
     mask = _key_mask()
     for kw, hidden in (({"mask": mask}, ~mask.squeeze(-2)),
                        ({"valid_lens": _lengths()}, torch.arange(NK) >= _lengths().view(B, 1))):
-        k2, v2 = k.clone(), v.clone()
-        k2[hidden] = torch.randn_like(k2[hidden]) * 10
-        v2[hidden] = torch.randn_like(v2[hidden]) * 10
-        what = next(iter(kw))
-        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output after changing masked keys ({what})")
+        v2 = v.clone()
         v2[hidden] = float("nan")  # padding is often garbage
-        _close(attn(q, k2, v2, **kw), attn(q, k, v, **kw), f"output with NaN in masked values ({what})")
+        what = next(iter(kw))
+        _close(attn(q, k, v2, **kw), attn(q, k, v, **kw), f"output with NaN in masked values ({what})")
 
 
 @check()

@@ -234,7 +234,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t i = i0 + r;
         T* o = O + r * Dv;
-        const bool empty = !(l[r] > 0);
+        const bool empty = l[r] == T(0);  // no valid key; a NaN score makes l NaN and the row NaN, like torch
         if (empty) {
           vfill(o, Dv, T(0));
           lse[b * Nq + i] = ninf;
@@ -245,8 +245,8 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
         if (hard) {
           argmax[b * Nq + i] = empty ? -1 : am[r];
           T* oh = out + (b * Nq + i) * Dv;
-          if (empty)
-            vfill(oh, Dv, T(0));
+          if (empty || am[r] < 0 || std::isnan(l[r]))  // a NaN score in the row: the output is NaN
+            vfill(oh, Dv, empty ? T(0) : std::numeric_limits<T>::quiet_NaN());
           else
             std::copy(v + (b * Nk + am[r]) * Dv, v + (b * Nk + am[r] + 1) * Dv, oh);
         }
@@ -291,7 +291,7 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t i = b * Nq + i0 + r;
       rl[r] = lse[i];
-      if (!(rl[r] > ninf)) hi[r] = lo[r];  // empty row: no gradient
+      if (rl[r] == ninf) hi[r] = lo[r];  // empty row: no gradient (a NaN row's gradient is NaN)
       delta[r] = vdot(dO + r * Dv, o_delta + i * Dv, Dv) - (grad_lse ? grad_lse[i] : T(0));
     }
     for (int64_t j0 = klo; j0 < khi; j0 += bk) {

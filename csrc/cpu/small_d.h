@@ -195,8 +195,8 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
     T* o = (hard ? a.soft_out : a.out) + i * a.Dv;
     const T lt = at::vec::vec_reduce_all<T>(sum, l[r]);
     // No finite score raised the shift: no valid key, or only -inf scores (masked lanes may
-    // have added exp_small's ~1e-38 to l).
-    const bool empty = m[r] == mlow || !(lt > 0);
+    // have added exp_small's ~1e-38 to l). A NaN score makes lt NaN: the row is NaN, like torch.
+    const bool empty = (m[r] == mlow && !std::isnan(lt)) || lt == T(0);
     if (empty) {
       vfill(o, a.Dv, T(0));
       a.lse[i] = ninf;
@@ -222,7 +222,9 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
       if (empty) idx = -1;
       a.argmax[i] = idx;
       T* oh = a.out + i * a.Dv;
-      for (int64_t d = 0; d < a.Dv; ++d) oh[d] = idx >= 0 ? vT[d * Nkp + idx] : T(0);
+      const T none = empty ? T(0) : std::numeric_limits<T>::quiet_NaN();  // no arg-max in a NaN row
+      if (std::isnan(lt)) idx = -1;  // a NaN score in the row: the output is NaN
+      for (int64_t d = 0; d < a.Dv; ++d) oh[d] = idx >= 0 ? vT[d * Nkp + idx] : none;
     }
   }
 }

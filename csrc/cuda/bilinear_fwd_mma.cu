@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (row[h] >= Nq) continue;
-    const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    const float inv = l[h] == 0.f ? 0.f : 1.f / l[h];  // 0: no valid key; NaN scores make the row NaN
     const int64_t base = (b * Nq + row[h]) * HD;
     uint16_t* dst = hard ? p.soft_out : p.out;
 #pragma unroll
@@ -281,10 +281,11 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
       *reinterpret_cast<uint32_t*>(dst + base + col) = pack2<BF16>(o[nt][2 * h] * inv, o[nt][2 * h + 1] * inv);
       if (hard)
         *reinterpret_cast<uint32_t*>(p.out + base + col) =
-            barg[h] >= 0 ? *reinterpret_cast<const uint32_t*>(V + barg[h] * HD + col) : 0u;
+            barg[h] >= 0 && !isnan(l[h]) ? *reinterpret_cast<const uint32_t*>(V + barg[h] * HD + col)
+                         : (l[h] == 0.f ? 0u : pack2<BF16>(NAN, NAN));
     }
     if (tig == 0) {
-      p.lse[b * Nq + row[h]] = l[h] > 0.f ? m[h] + __logf(l[h]) : -INFINITY;
+      p.lse[b * Nq + row[h]] = l[h] == 0.f ? -INFINITY : m[h] + __logf(l[h]);
       if (hard) p.argmax[b * Nq + row[h]] = barg[h];
     }
   }

@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<T, A> p) 
 
   if (i >= p.Nq) return;
   const bool hard = pooling == kHard;
-  const A inv = l > A(0) ? A(1) / l : A(0);
+  const A inv = l == A(0) ? A(0) : A(1) / l;  // l == 0: no valid key; a NaN score makes l and the row NaN
 #pragma unroll
   for (int io = 0; io < NO; ++io) {
     const int64_t col = oc0 + c8 + 8 * io;
@@ -139,13 +139,13 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<T, A> p) 
     const T so = static_cast<T>(o[io] * inv);
     if (hard) {
       p.soft_out[at] = so;
-      p.out[at] = barg >= 0 ? V[barg * p.Dv + col] : static_cast<T>(0.f);
+      p.out[at] = barg >= 0 && !isnan(l) ? V[barg * p.Dv + col] : static_cast<T>(l == A(0) ? A(0) : A(NAN));
     } else {
       p.out[at] = so;
     }
   }
   if (blockIdx.z == 0 && c8 == 0) {
-    p.lse[b * p.Nq + i] = l > A(0) ? m + dlog(l) : neg_inf<A>();
+    p.lse[b * p.Nq + i] = l == A(0) ? neg_inf<A>() : m + dlog(l);
     if (hard) p.argmax[b * p.Nq + i] = barg;
   }
 }
