@@ -60,7 +60,7 @@ def create(name: str, *, backend: str = "auto", **options) -> Attention:
     info = variant_info(name)
     check_backend(backend)
     names, var_kw = accepted_options(info.factory)
-    if "backend" in names or (var_kw and backend != "auto"):
+    if "backend" in names or (var_kw and backend != "auto"):  # a **kwargs factory gets it only when chosen
         options["backend"] = backend
     elif backend != "auto":
         raise ValueError(f"backend: variant {name!r} has only its own implementation, got backend={backend!r}")

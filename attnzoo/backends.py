@@ -12,7 +12,7 @@ from torch import Tensor
 from . import ops
 from .masks import MaskSpec
 from .ops import reference
-from .pooling import pool
+from .pooling import pool, straight_through
 from .scoring import Additive, Bilinear
 
 BACKENDS = ("auto", "fused", "reference")
@@ -134,6 +134,5 @@ def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
     p = (e / torch.where(total == 0, 1.0, total)).to(query.dtype)
     if pooling != "hard":
         return p
-    idx = argmax.reshape(*spec.batch, spec.nq, 1)
-    onehot = torch.zeros_like(p).scatter_(-1, idx.clamp_min(0), 1.0) * (idx >= 0)
-    return onehot + (p - p.detach())
+    onehot = reference.onehot_at(argmax.reshape(*spec.batch, spec.nq), p)
+    return straight_through(onehot, p)

@@ -50,5 +50,11 @@ class Attention(nn.Module):
 
     def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
                 valid_lens: Tensor | None = None) -> str:
-        """Which backend a call with these inputs would use, and why."""
+        """Which backend a call with these inputs would use, and why (the inputs are validated as in a call)."""
+        check_qkv(query, key, value)
+        mask_spec(query, key, mask, valid_lens)
+        return self.backend_for(query, key, value)
+
+    def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
+        """:meth:`explain` for validated inputs; variants with a fused path override it."""
         return "reference: this variant has no fused path"

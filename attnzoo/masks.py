@@ -58,10 +58,6 @@ class MaskSpec:
             valid = valid & self.mask
         return valid.expand(*self.batch, self.nq, self.nk)
 
-    def to(self, device) -> MaskSpec:
-        move = (lambda t: None if t is None else t.to(device))  # noqa: E731
-        return replace(self, valid_lens=move(self.valid_lens), mask=move(self.mask))
-
     def split_heads(self, num_heads: int) -> MaskSpec:
         """The same masks for inputs of batch shape ``batch + (num_heads,)``."""
         vl = None if self.valid_lens is None else self.valid_lens.unsqueeze(-2)

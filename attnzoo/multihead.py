@@ -14,7 +14,6 @@ from .interface import Attention
 from .masks import MaskSpec
 from .pooled import PooledAttention
 from .registry import accepted_options, build_score
-from .validation import check_qkv, mask_spec
 
 
 class MultiHeadAttention(Attention):
@@ -48,9 +47,8 @@ class MultiHeadAttention(Attention):
         self.W_k = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.W_v = nn.Linear(self.vdim, embed_dim, bias=bias)
         self.W_o = nn.Linear(embed_dim, embed_dim, bias=bias)
-        also = "embed_dim, num_heads, score, pooling, kdim, vdim, bias, causal, window, backend"
-        self.inner = PooledAttention(build_score(info, score_options, also=also), pooling, causal=causal,
-                                     window=window, backend=backend)
+        self.inner = PooledAttention(build_score(info, score_options, caller=MultiHeadAttention), pooling,
+                                     causal=causal, window=window, backend=backend)
 
     @property
     def capabilities(self) -> frozenset:
@@ -82,14 +80,11 @@ class MultiHeadAttention(Attention):
             out = out.masked_fill(~spec.dense(query.device).any(-1, keepdim=True), 0.0)
         return out, weights
 
-    def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
-                valid_lens: Tensor | None = None) -> str:
-        check_qkv(query, key, value)
-        mask_spec(query, key, mask, valid_lens)
+    def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         self._check_dims(query, key, value)
         with torch.no_grad():
             q, k, v = self._heads(self.W_q(query)), self._heads(self.W_k(key)), self._heads(self.W_v(value))
-        return self.inner.explain(q, k, v)
+        return self.inner.backend_for(q, k, v)
 
 
 def from_torch(mha: nn.MultiheadAttention, **options) -> MultiHeadAttention:

@@ -12,7 +12,7 @@ from . import backends
 from .interface import Attention
 from .masks import MaskSpec
 from .pooling import POOLINGS, pool
-from .validation import check_qkv, mask_spec
+from .validation import check_window
 
 
 def _zero_attached(*inputs: Tensor) -> Tensor:
@@ -45,8 +45,7 @@ class PooledAttention(Attention):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
-            raise ValueError(f"window: expected an int >= 0 (keys with |i - j| <= window), got {window!r}")
+        check_window(window)
         if score is None and pooling != "average":
             raise ValueError(f"score: pooling {pooling!r} needs a score, got None")
         self.score = score
@@ -94,8 +93,5 @@ class PooledAttention(Attention):
         out = weights @ value
         return out, (weights if return_weights else None)
 
-    def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
-                valid_lens: Tensor | None = None) -> str:
-        check_qkv(query, key, value)
-        mask_spec(query, key, mask, valid_lens)
+    def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         return backends.select(self.backend, self.score, self.pooling, query, key)[1]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-POOLINGS = ("soft", "hard", "average")
+from .ops.schemas import POOLINGS as _CODES
+
+POOLINGS = tuple(_CODES)  # the names, in the order of the kernels' codes
 
 
 def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
@@ -35,6 +37,11 @@ def one_hot_argmax(scores: Tensor, valid: Tensor) -> Tensor:
     return onehot * (s > float("-inf")).any(-1, keepdim=True)  # a row of -inf scores has no key either
 
 
+def straight_through(onehot: Tensor, p: Tensor) -> Tensor:
+    """Hard weights ``onehot`` in the forward, the gradient of the soft weights ``p`` in the backward."""
+    return onehot + (p - p.detach())
+
+
 def pool(scores: Tensor | None, valid: Tensor, pooling: str, dtype: torch.dtype) -> Tensor:
     """Weights ``(..., Nq, Nk)`` of ``pooling`` over ``valid`` keys (``scores`` unused for average)."""
     if pooling == "average":
@@ -43,6 +50,5 @@ def pool(scores: Tensor | None, valid: Tensor, pooling: str, dtype: torch.dtype)
     if pooling == "soft":
         return masked_softmax(scores, valid)
     if pooling == "hard":
-        p = masked_softmax(scores, valid)
-        return one_hot_argmax(scores, valid) + (p - p.detach())
+        return straight_through(one_hot_argmax(scores, valid), masked_softmax(scores, valid))
     raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")

@@ -26,6 +26,7 @@ import pluggy
 from torch import nn
 
 from . import hookspecs
+from ._env import flag
 from .errors import DuplicateNameError, PluginLoadWarning, UnknownNameError
 
 GROUP = "attnzoo"
@@ -52,16 +53,18 @@ class VariantInfo:
     example_options: Callable[[int, int, int], dict] = field(default=lambda q, k, v: {}, repr=False)
     expected_failures: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def takes_backend(self) -> bool:
+        """Whether the factory accepts ``backend=`` (by name, or through ``**kwargs``)."""
+        names, var_kw = accepted_options(self.factory)
+        return "backend" in names or var_kw
+
 
 @dataclass(frozen=True)
 class PluginFailure:
     plugin: str
     stage: str  # "import" or "register"
     error: str
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _describe(cls) -> str:
@@ -83,7 +86,7 @@ class Registry:
 
     # -- plugins -------------------------------------------------------------------------------
     def _fail(self, plugin: str, stage: str, exc: BaseException) -> None:
-        if _flag("ATTNZOO_STRICT_PLUGINS"):
+        if flag("ATTNZOO_STRICT_PLUGINS"):
             raise exc
         self.failures.append(PluginFailure(plugin, stage, f"{type(exc).__name__}: {exc}"))
         warnings.warn(f"attnzoo plugin {plugin!r} failed to {stage}: {type(exc).__name__}: {exc}",
@@ -94,7 +97,7 @@ class Registry:
         if self._loaded:
             return
         blocked = {b.strip() for b in os.environ.get("ATTNZOO_BLOCK_PLUGINS", "").split(",") if b.strip()}
-        no_autoload = _flag("ATTNZOO_DISABLE_PLUGIN_AUTOLOAD")
+        no_autoload = flag("ATTNZOO_DISABLE_PLUGIN_AUTOLOAD")
         eps = metadata.entry_points(group=GROUP) if self._autoload else ()
         builtins_first = sorted(eps, key=lambda ep: (ep.dist is None or ep.dist.name != BUILTIN_DIST))
         for ep in builtins_first:
@@ -247,8 +250,7 @@ def _score_variant(s: ScoreInfo) -> VariantInfo:
     from .pooled import PooledAttention
 
     def factory(backend: str = "auto", causal: bool = False, **options):
-        return PooledAttention(build_score(s, options, also="backend, causal"), "soft", causal=causal,
-                               backend=backend)
+        return PooledAttention(build_score(s, options, caller=factory), "soft", causal=causal, backend=backend)
 
     example = getattr(s.cls, "example_options", None)
     return VariantInfo(
@@ -277,10 +279,11 @@ def check_options(what: str, fn, options: Mapping) -> None:
                                f"accepted: {', '.join(names) or '(none)'}")
 
 
-def build_score(info: ScoreInfo, options: Mapping, also: str = ""):
-    """``info.cls(**options)``; ``also`` names the caller's own options for the error message."""
+def build_score(info: ScoreInfo, options: Mapping, caller: Callable | None = None):
+    """``info.cls(**options)``; an unknown option's error also lists ``caller``'s own options."""
     try:
         check_options(f"score {info.name!r}", info.cls, options)
     except UnknownNameError as exc:
-        raise UnknownNameError(f"{exc}" + (f"; besides the score's options: {also}" if also else "")) from None
+        own = ", ".join(accepted_options(caller)[0]) if caller is not None else ""
+        raise UnknownNameError(f"{exc}" + (f"; besides the score's options: {own}" if own else "")) from None
     return info.cls(**options)

@@ -20,6 +20,13 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LENGTH_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+def check_window(window) -> int | None:
+    """``window``: None (no window) or an int >= 0, keeping keys with ``|i - j| <= window``."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"window: expected None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
+    return window
+
+
 def _check_dense(name: str, t: Tensor) -> None:
     if t.layout != torch.strided:
         raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}; call .to_dense() first")

@@ -26,7 +26,7 @@ def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_wi
         if needs_window and window is None:
             raise ValueError("window: local attention needs window=w (keys with |i - j| <= w), got None")
         info = attnzoo.registry_instance().score(score)
-        built = build_score(info, score_options, also="score, causal, window, backend")
+        built = build_score(info, score_options, caller=factory)
         return PooledAttention(built, pooling, causal=causal, window=window, backend=backend)
 
     factory.__doc__ = doc

@@ -7,7 +7,6 @@ extension into an error instead of skipped kernel tests.
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 import attnzoo
 from attnzoo import ops
+from attnzoo._env import flag
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["pytester"]
@@ -34,8 +34,7 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
-    expect = os.environ.get("ATTNZOO_EXPECT_EXTENSION", "").strip().lower() not in ("", "0", "false", "no")
-    if expect and not ops.EXTENSION:
+    if flag("ATTNZOO_EXPECT_EXTENSION") and not ops.EXTENSION:
         raise pytest.UsageError(f"ATTNZOO_EXPECT_EXTENSION is set, but the kernel tests would be skipped: "
                                 f"{_under_test()}")
 

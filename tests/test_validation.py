@@ -36,8 +36,8 @@ def test_scores_check_their_dims():
 
 
 @pytest.mark.parametrize("kw, pattern", [
-    ({"window": -1}, "window: expected an int >= 0"),
-    ({"window": 1.5}, "window: expected an int >= 0"),
+    ({"window": -1}, "window: expected None or an int >= 0"),
+    ({"window": 1.5}, "window: expected None or an int >= 0"),
 ])
 def test_option_errors(kw, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -8,10 +8,9 @@ see one API either way; :data:`EXTENSION` says which is in use.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .._env import flag
 from . import reference
 from .schemas import POOLINGS, SCHEMAS
 
@@ -20,7 +19,7 @@ _lib = None  # keeps the Python-defined library alive when the extension is abse
 
 def _load_extension():
     """Import ``attnzoo._C``; returns ``(module or None, reason)``."""
-    if os.environ.get("ATTNZOO_DISABLE_EXTENSION", "").strip().lower() not in ("", "0", "false", "no"):
+    if flag("ATTNZOO_DISABLE_EXTENSION"):
         return None, "disabled by ATTNZOO_DISABLE_EXTENSION"
     try:
         from attnzoo import _C

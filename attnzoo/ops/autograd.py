@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import check_window
 from .reference import HARD, acc_dtype
 from .schemas import POOLINGS
 
@@ -93,8 +94,7 @@ for _bwd in ("attnzoo::bilinear_bwd", "attnzoo::additive_bwd"):  # an error, nev
 def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: got {pooling!r}, expected one of {sorted(POOLINGS)}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
-        raise ValueError(f"window: expected None or an int >= 0, got {window!r}")
+    check_window(window)
     return valid_lens, mask, POOLINGS[pooling], bool(causal), -1 if window is None else int(window)
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SOFT, HARD, AVERAGE = 0, 1, 2
+from ..masks import MaskSpec
+from .schemas import POOLINGS
+
+SOFT, HARD, AVERAGE = POOLINGS["soft"], POOLINGS["hard"], POOLINGS["average"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -19,22 +22,12 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
-    """Bool ``(B, Nq, Nk)``: which (query, key) pairs take part."""
-    i = torch.arange(Nq, device=device).view(Nq, 1)
-    j = torch.arange(Nk, device=device).view(1, Nk)
-    valid = torch.ones(B, Nq, Nk, dtype=torch.bool, device=device)
-    if valid_lens is not None:
-        valid = valid & (j < valid_lens.view(B, Nq, 1))
-    if mask is not None:
-        valid = valid & mask.expand(B, Nq, Nk)
-    if causal:
-        valid = valid & (j <= i)
-    if window >= 0:
-        valid = valid & ((i - j).abs() <= window)
-    return valid
+    """Bool ``(B, Nq, Nk)``: which (query, key) pairs take part (the ops' ``window < 0``: no window)."""
+    window = None if window < 0 else window
+    return MaskSpec((B,), Nq, Nk, valid_lens, mask, causal, window).dense(device)
 
 
-def _onehot(argmax: Tensor, like: Tensor) -> Tensor:
+def onehot_at(argmax: Tensor, like: Tensor) -> Tensor:
     """One-hot rows at ``argmax`` (B, Nq), shaped like ``like`` (B, Nq, Nk); rows with -1 stay zero."""
     onehot = torch.zeros_like(like)
     if like.shape[-1]:
@@ -56,7 +49,7 @@ def _pool(s: Tensor, v: Tensor, valid: Tensor, pooling: int, out_dtype):
     if pooling != HARD:
         return soft_out, lse, empty_t, s.new_empty(0, dtype=out_dtype), p
     argmax = torch.where(empty, -1, s.argmax(-1)) if s.shape[-1] else torch.full_like(lse, -1, dtype=torch.int64)
-    out = (_onehot(argmax, p) @ v.to(acc)).to(out_dtype)
+    out = (onehot_at(argmax, p) @ v.to(acc)).to(out_dtype)
     return out, lse, argmax, soft_out, p
 
 
@@ -103,7 +96,7 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     out_for_delta = soft_out if pooling == HARD else out
     _, lse, _, _, p = _pool(s, v, valid, pooling, acc)
     if pooling == HARD:
-        dv = _onehot(argmax, p).transpose(-1, -2) @ g
+        dv = onehot_at(argmax, p).transpose(-1, -2) @ g
     else:
         dv = p.transpose(-1, -2) @ g
     if pooling == AVERAGE:
