@@ -55,7 +55,7 @@ if not EXTENSION:
 elif "cuda" not in _DEVICES:
     _fill_missing_devices()
 
-from . import autograd as _autograd  # noqa: E402  (registers fake kernels and autograd)
+from . import autograd  # noqa: E402, F401  (registers the fake kernels and autograd formulas)
 
 
 def build_info() -> dict:
@@ -68,8 +68,7 @@ def compiled_devices() -> tuple[str, ...]:
     return _DEVICES
 
 
-bilinear_attention = _autograd.bilinear_attention
-additive_attention = _autograd.additive_attention
+from .functional import additive_attention, bilinear_attention  # noqa: E402
 
 __all__ = [
     "EXTENSION",
