@@ -100,8 +100,9 @@ def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpe
                 f"valid_lens: expected shape {batch} (one length per batch element) or {(*batch, nq)} "
                 f"(one per query), got {_shape(valid_lens)}"
             )
+        if valid_lens.numel() and torch.compiler.is_compiling():  # no host sync in a graph: a check inside it
+            torch._assert_async((valid_lens >= 0).all(), "valid_lens: lengths must be >= 0")
+        elif valid_lens.numel() and valid_lens.device.type == "cpu" and int(valid_lens.min()) < 0:
+            raise ValueError(f"valid_lens: lengths must be >= 0, got minimum {int(valid_lens.min())}")
         valid_lens = valid_lens.to(torch.int64)
-        if valid_lens.device.type == "cpu" and not torch.compiler.is_compiling() and valid_lens.numel():
-            if int(valid_lens.min()) < 0:
-                raise ValueError(f"valid_lens: lengths must be >= 0, got minimum {int(valid_lens.min())}")
     return MaskSpec(batch, nq, nk, valid_lens=valid_lens, mask=mask)

@@ -51,3 +51,13 @@ def test_inductor_compiles_a_fused_module():
         grads.append([qg.grad] + [p.grad for p in attn.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_validation_holds_inside_the_compiled_graph(backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(attnzoo.create("soft", backend="fused"), fullgraph=True, backend=backend)
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 2)
+    assert compiled(q, k, v, valid_lens=torch.tensor([2, 3])).shape == (2, 3, 2)
+    with pytest.raises(RuntimeError, match="valid_lens: lengths must be >= 0"):
+        compiled(q, k, v, valid_lens=torch.tensor([-1, 3]))
