@@ -33,6 +33,16 @@ def _check_scores(score: nn.Module, scores, query: Tensor, spec: MaskSpec) -> No
                         "return scores in the inputs' dtype")
 
 
+def _pool_nonfinite(weights: Tensor, value: Tensor, valid: Tensor) -> Tensor:
+    """``out_i = sum_{j valid for i} w_ij v_j`` for values holding inf or NaN: a key that query ``i``
+    cannot attend never enters its output (``w @ v`` would add ``0 * inf = NaN``). Materialises
+    ``(..., Nq, Nk, Dv)`` for the non-finite entries only: this path is for the rare call that has them."""
+    finite = torch.isfinite(value)
+    out = weights @ value.where(finite, 0.0)
+    bad = value.where(~finite, 0.0).unsqueeze(-3).where(valid.unsqueeze(-1), 0.0)  # zero before the product:
+    return out + (weights.unsqueeze(-1) * bad).sum(-2)  # its gradient multiplies by it too
+
+
 class PooledAttention(Attention):
     """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average``), optionally causal or windowed.
 
@@ -84,13 +94,18 @@ class PooledAttention(Attention):
             weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + _zero_attached(query, key, value)
             return out, (weights if return_weights else None)
         backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
+        # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
+        nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         if backend == "fused":
-            return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights)
-        scores = None if self.pooling == "average" else self.score(query, key)
-        if scores is not None:
-            _check_scores(self.score, scores, query, spec)
-        weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
-        out = weights @ value
+            out, weights = backends.run_fused(form, self.pooling, query, key, value, spec, return_weights or nonfinite)
+        else:
+            scores = None if self.pooling == "average" else self.score(query, key)
+            if scores is not None:
+                _check_scores(self.score, scores, query, spec)
+            weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
+            out = weights @ value
+        if nonfinite:
+            out = _pool_nonfinite(weights, value, spec.dense(query.device))
         return out, (weights if return_weights else None)
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:

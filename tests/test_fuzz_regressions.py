@@ -241,3 +241,24 @@ def test_concat_query_gradient_is_zero(backend):
     attnzoo.create("concat", query_dim=4, key_dim=4, backend=backend)(q, k, v).sum().backward()
     assert q.grad is not None
     torch.testing.assert_close(q.grad, torch.zeros_like(q), atol=1e-6, rtol=0)
+
+
+# 6. values at keys a query cannot attend never reach it --------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
+@pytest.mark.parametrize("kind", ["causal", "window", "per_query_lens"])
+def test_unseen_inf_values_do_not_leak(backend, pooling, kind):
+    q, k, v = _qkv(nq=5, nk=5, grad=True)
+    v.data[:, 4] = float("inf")
+    v.data[1, 3, 0] = float("nan")
+    kw, opts = {}, {}
+    if kind == "per_query_lens":
+        kw["valid_lens"] = torch.tensor([[3, 3, 5, 5, 5], [2, 3, 3, 5, 5]])
+    else:
+        opts = {"causal": True} if kind == "causal" else {"window": 1}
+    out = attnzoo.create(pooling, backend=backend, **opts)(q, k, v, **kw)
+    rows = [0, 1]  # none of them can attend keys 3 and 4 in any of the kinds
+    assert torch.isfinite(out[:, rows]).all()
+    assert not torch.isfinite(out[:, 4]).all() or pooling == "hard"  # query 4 attends key 4
+    out[:, rows].sum().backward()
+    assert q.grad is None or torch.isfinite(q.grad[:, rows]).all()  # (average: no score, no gradient)
