@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -86,7 +86,8 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=["attnzoo", "attnzoo.ops", "attnzoo.testing", "attnzoo_plugins"],
+    # attnzoo and every subpackage (ops, testing, tools, ...); the built-in variants ship as attnzoo_plugins
+    packages=[*find_packages(include=["attnzoo", "attnzoo.*"]), "attnzoo_plugins"],
     package_dir={"attnzoo_plugins": "plugins"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,4 +1,8 @@
-"""The ``attnzoo`` command: ``list``, ``demo`` and ``bench``."""
+"""The ``attnzoo`` command: ``list``, ``demo`` and ``bench``.
+
+``list`` needs only the library; ``demo`` needs the ``viz`` extra and ``bench`` the ``bench`` extra
+(``pip install 'attnzoo[viz]'``, ``'attnzoo[bench]'``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import textwrap
 
 import attnzoo
 
-from . import bench
+# The tools (attnzoo.tools.*) are imported by the subcommand that runs them, so that `attnzoo list`
+# and `attnzoo --help` work without the extras; tools.bench_cli imports nothing beyond torch at load.
+from .tools import MissingExtraError, bench_cli, require_extra
 
 
 def _list(args) -> int:
@@ -31,7 +37,8 @@ def _list(args) -> int:
 
 
 def _demo(args) -> int:
-    from . import demo
+    require_extra("attnzoo demo", "viz")  # before the fit, not after it
+    from .tools import demo
 
     results = demo.run(seed=args.seed, out_dir=args.out, backend=args.backend)
     print(demo.format_table(results))
@@ -41,24 +48,30 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnzoo", description=textwrap.dedent(__doc__ or ""))
+    parser = argparse.ArgumentParser(prog="attnzoo", description=textwrap.dedent(__doc__ or ""),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"attnzoo {attnzoo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="the table of registered variants and plugins")
     p.add_argument("--strict", action="store_true", help="exit 1 if a plugin failed to load")
     p.set_defaults(func=_list)
-    p = sub.add_parser("demo", help="Nadaraya-Watson regression: average vs kernel vs learned kernel")
+    p = sub.add_parser("demo", help="Nadaraya-Watson regression: average vs kernel vs learned kernel (extra: viz)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the data and the initial w (default 0)")
     p.add_argument("--out", default="attnzoo-out", help="folder for the PNGs (default attnzoo-out)")
     p.add_argument("--backend", default="auto", choices=("auto", "fused", "reference"))
     p.set_defaults(func=_demo)
-    bench.add_parser(sub)
+    bench_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``attnzoo ARGS``; returns the exit status (1 with a one-line error when a tool's extra is missing)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MissingExtraError as exc:
+        print(f"attnzoo: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

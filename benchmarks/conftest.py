@@ -48,6 +48,8 @@ allocator from ``torch.profiler(profile_memory=True)``, summed in time order; CU
 would exceed half the device memory is skipped. The machine info of ``--benchmark-json`` /
 ``--benchmark-autosave`` gains torch version, thread count, GPU and the extension's build.
 On a small shared machine ``--attnzoo-threads 1`` gives the steadiest timings.
+
+The timing library is :mod:`attnzoo.tools.bench`; this suite needs the ``bench`` extra (pytest-benchmark).
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnzoo import benchmarking as B
+from attnzoo.tools import bench as B
+from attnzoo.tools import require_extra
+
+require_extra("pytest benchmarks/", "bench", ["pytest_benchmark"])  # its `benchmark` fixture
 
 
 def pytest_addoption(parser):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import attnzoo
-from attnzoo import benchmarking as B
+from attnzoo.tools import bench as B
 
 
 def _cases(config) -> list:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo import bench, benchmarking, plot, quality
+from attnzoo.tools import bench, bench_cli, plot, quality
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,13 +43,13 @@ PLUGIN_SOURCE = textwrap.dedent('''
 
 def _parser():
     parser = argparse.ArgumentParser(prog="attnzoo")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    bench_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def _run(argv):
     args = _parser().parse_args(["bench", *argv])
-    assert args.func is bench.run
+    assert args.func is bench_cli.run
     return args.func(args)
 
 
@@ -74,7 +74,7 @@ def test_bench_json_and_png(tmp_path, capsys):
     assert payload["machine"]["torch"] == torch.__version__
     results = payload["results"]
     got = {(r["variant"], r["backend"], r["n"]) for r in results}
-    for n in benchmarking.SIZE_PRESETS["tiny"]:
+    for n in bench.SIZE_PRESETS["tiny"]:
         assert {("scaled_dot", "sdpa", n), ("additive", "d2l", n), ("average", "reference", n)} <= got
     for r in results:
         assert r["status"] in ("ok", "skipped"), r
@@ -140,9 +140,9 @@ def test_show_heatmaps_axes(tmp_path):
 
 
 def test_plot_bench_axes(tmp_path):
-    results = [benchmarking.Result("v", b, n, "fwd", 1, 8, "cpu", median_ms=n * k, peak_bytes=n * n)
+    results = [bench.Result("v", b, n, "fwd", 1, 8, "cpu", median_ms=n * k, peak_bytes=n * n)
                for b, k in (("reference", 1.0), ("fused", 0.5)) for n in (16, 32, 64)]
-    results.append(benchmarking.Result("v", "fused", 128, "fwd", 1, 8, "cpu", status="skipped", reason="x"))
+    results.append(bench.Result("v", "fused", 128, "fwd", 1, 8, "cpu", status="skipped", reason="x"))
     fig = plot.plot_bench(results, tmp_path / "sub" / "b.png")
     assert len(fig.axes) == 2
     assert len([ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]) == 2
@@ -172,7 +172,7 @@ def test_peak_memory_counts_allocations_during_the_call():
         b = a * 2  # ... 8 MiB live at the peak
         del a, b
 
-    peak, method = benchmarking.peak_memory(fn)
+    peak, method = bench.peak_memory(fn)
     if peak is None:
         pytest.skip(method)
     assert 8 * 2**20 <= peak < 9 * 2**20
@@ -183,15 +183,15 @@ def test_peers_compute_the_same_function():
     q, k, v = torch.randn(2, 5, 8), torch.randn(2, 7, 8), torch.randn(2, 7, 8)
     for name in ("scaled_dot", "soft", "dot"):
         ours = attnzoo.create(name, backend="reference")
-        peer = benchmarking.PEERS["sdpa"][1](name, {})
+        peer = bench.PEERS["sdpa"][1](name, {})
         torch.testing.assert_close(peer(q, k, v), ours(q, k, v))
     opts = attnzoo.variant_info("additive").example_options(8, 8, 8)
     ours = attnzoo.create("additive", backend="reference", **opts)
-    d2l = benchmarking.D2LAdditiveAttention(**opts)
+    d2l = bench.D2LAdditiveAttention(**opts)
     d2l.load_state_dict({"W_q.weight": ours.score.W_q.weight, "W_k.weight": ours.score.W_k.weight,
                          "w_v.weight": ours.score.w_v.weight})
     torch.testing.assert_close(d2l(q, k, v), ours(q, k, v))
-    peer = benchmarking.TorchMHA(**attnzoo.variant_info("multihead").example_options(8, 8, 8)).eval()
+    peer = bench.TorchMHA(**attnzoo.variant_info("multihead").example_options(8, 8, 8)).eval()
     ours = attnzoo.from_torch(peer.mha, backend="reference")
     torch.testing.assert_close(peer(q, k, v), ours(q, k, v))
-    assert benchmarking.peers_for("multihead") == ["torch_mha"] and benchmarking.peers_for("cosine") == []
+    assert bench.peers_for("multihead") == ["torch_mha"] and bench.peers_for("cosine") == []

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from attnzoo import demo
 from attnzoo.cli import main
+from attnzoo.tools import demo
 
 
 def test_list_prints_every_variant(capsys, fresh_registry):

@@ -2,15 +2,17 @@
 
 Each case runs on random q, k, v ``(batch, N, dim)`` (Nq = Nk = N, float32, no mask): one
 warm-up call, then ``--repeat`` timed calls (the table shows their median and minimum), then
-one untimed call for peak memory (see :mod:`attnzoo.benchmarking` for what exactly is
+one untimed call for peak memory (see :mod:`attnzoo.tools.bench` for what exactly is
 measured). ``x fastest`` is the median over the fastest median of the same variant and N.
 Backends: ``reference``, ``fused`` (skipped, with the reason, when not compiled for the
 device) and ``peers`` (torch SDPA, ``nn.MultiheadAttention``, d2l's eager additive attention,
 for the variants that compute the same function). A case whose peak memory, extrapolated
 quadratically from a smaller N, would exceed half the device memory is skipped.
 
-``--quality`` adds the quality tasks of :mod:`attnzoo.quality` (Nadaraya–Watson regression
+``--quality`` adds the quality tasks of :mod:`attnzoo.tools.quality` (Nadaraya–Watson regression
 MSE, associative-recall accuracy and time per training step).
+
+Needs the ``bench`` extra (tqdm; matplotlib for ``bench.png``, not with ``--no-plot``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import json
 import os
 import sys
 
-from . import benchmarking as B
+from . import bench as B
+from . import require_extra
 
 DEFAULT_OUT = "attnzoo-out"
 
@@ -97,7 +100,11 @@ def _machine_line(info: dict) -> str:
 
 
 def run(args) -> int:
-    """Run the comparison described by ``args`` (see :func:`add_parser`); returns an exit status."""
+    """Run the comparison described by ``args`` (see :func:`add_parser`); returns an exit status.
+
+    Raises :class:`attnzoo.tools.MissingExtraError` without the ``bench`` extra.
+    """
+    require_extra("attnzoo bench", "bench", ["tqdm"] + ([] if args.no_plot else ["matplotlib"]))
     import torch
     from tqdm import tqdm
 
@@ -178,14 +185,3 @@ def run(args) -> int:
     print(f"{where}{os.path.join(args.out, 'bench.json')}", file=err if args.json else sys.stdout)
     return 1 if any(r.status == "error" for r in results) else 0
 
-
-def main(argv=None) -> int:
-    """Stand-alone entry: ``python -m attnzoo.bench [options]`` (same options as ``attnzoo bench``)."""
-    parser = argparse.ArgumentParser(prog="attnzoo")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

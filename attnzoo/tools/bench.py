@@ -1,4 +1,4 @@
-"""Shared pieces of the speed comparisons (``benchmarks/`` and ``attnzoo bench``).
+"""The timing library of the speed comparisons (``attnzoo bench`` and ``benchmarks/``); needs torch only.
 
 One *case* is variant x backend x N x direction on random inputs q, k, v of shape
 ``(batch, N, dim)`` (self-attention sizes: ``Nq = Nk = N``, float32, no mask), with the

@@ -7,6 +7,9 @@ Data ``y = 2 sin(x) + x^0.8 + eps``, ``eps ~ N(0, 0.5)``; 50 sorted training poi
 * ``nadaraya_watson``: the non-parametric Gaussian-kernel estimator (w = 1);
 * ``nadaraya_watson(learnable=True)``: the parametric one, w (from 1) trained as d2l does it
   (leave-one-out keys, SGD lr 0.5 on the summed squared error, 5 epochs).
+
+The models and their MSE need torch only; the PNGs (``run(plots=True)``, ``attnzoo demo``) are
+drawn by :mod:`attnzoo.tools.plot` and need the ``viz`` extra.
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ def train_parametric(data: Data, epochs: int = 5, lr: float = 0.5, backend: str 
 
 
 def run(seed: int = 0, out_dir: str | Path = "attnzoo-out", backend: str = "auto", plots: bool = True) -> dict:
-    """Fit the three models; returns {model: {"mse": ..., "pred": ..., "weights": ...}} and writes PNGs."""
+    """Fit the three models; returns {model: {"mse": ..., "pred": ..., "weights": ...}}.
+
+    ``plots``: also write ``demo_fit.png`` and ``demo_weights.png`` under ``out_dir`` (listed in
+    ``results["files"]``; needs the ``viz`` extra)."""
     data = make_data(seed)
     parametric, losses = train_parametric(data, backend=backend)
     models = {
@@ -96,36 +102,18 @@ def run(seed: int = 0, out_dir: str | Path = "attnzoo-out", backend: str = "auto
 
 
 def _plot(data: Data, results: dict, out: Path) -> list[Path]:
-    from . import plot
+    from . import plot  # the viz extra: MissingExtraError without matplotlib
 
-    out.mkdir(parents=True, exist_ok=True)
     names = [n for n in results if n != "files"]
     curves = out / "demo_fit.png"
-    _plot_curves(data, {n: results[n]["pred"] for n in names}, curves)
+    plot.plot_fit(data.x_test, data.y_test, {n: results[n]["pred"] for n in names},
+                  points=(data.x_train, data.y_train), xlim=(0, 5), ylim=(-1, 5), path=curves)
     heat = out / "demo_weights.png"
     mats = torch.stack([results[n]["weights"] for n in names]).unsqueeze(0)
     titles = [n.replace("(", "\n(") for n in names]
     plot.show_heatmaps(mats, xlabel="training inputs (sorted)", ylabel="test inputs", titles=titles,
                        figsize=(9, 3.4), path=heat)
     return [curves, heat]
-
-
-def _plot_curves(data: Data, preds: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(data.x_test, data.y_test, "k-", label="truth")
-    for name, pred in preds.items():
-        ax.plot(data.x_test, pred, "--", label=name)
-    ax.plot(data.x_train, data.y_train, "o", alpha=0.5, label="training points")
-    ax.set(xlabel="x", ylabel="y", xlim=(0, 5), ylim=(-1, 5))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def format_table(results: dict) -> str:

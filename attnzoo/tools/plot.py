@@ -1,4 +1,6 @@
-"""Figures: attention-weight heatmaps (d2l's ``show_heatmaps``) and ``attnzoo bench`` curves.
+"""Figures: attention-weight heatmaps (d2l's ``show_heatmaps``), the demo's fitted curves and ``attnzoo bench``
+curves. Needs the ``viz`` extra (matplotlib): importing this module without it raises
+:class:`attnzoo.tools.MissingExtraError`.
 
 Figures are built as ``matplotlib.figure.Figure`` objects rendered with Agg: no window is ever
 opened, no pyplot state is touched, and the caller's matplotlib backend is left alone.
@@ -9,8 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from . import MissingExtraError
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as exc:
+    raise MissingExtraError("attnzoo.tools.plot", "viz", ["matplotlib"]) from exc
 
 _BACKEND_ORDER = {"reference": 0, "fused": 1}
 
@@ -86,6 +93,34 @@ def show_heatmaps(matrices, xlabel: str, ylabel: str, titles: Sequence[str] | No
     return fig
 
 
+def plot_fit(x, y, curves: Mapping[str, object], points: tuple | None = None, path=None,
+             figsize: tuple[float, float] = (6.0, 4.0), xlim=None, ylim=None) -> Figure:
+    """A regression fit: the truth ``y(x)`` as a solid black line, each of ``curves`` (label -> values at
+    ``x``) dashed, and the training ``points`` ``(x_train, y_train)`` as dots. Returns the figure (one
+    axes); ``path``: also save there."""
+    fig = _figure(figsize)
+    ax = fig.subplots()
+    ax.plot(_values(x), _values(y), "k-", label="truth")
+    for label, values in curves.items():
+        ax.plot(_values(x), _values(values), "--", label=label)
+    if points is not None:
+        ax.plot(_values(points[0]), _values(points[1]), "o", alpha=0.5, label="training points")
+    ax.set(xlabel="x", ylabel="y")
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _values(t):
+    """A tensor (any device or grad state), array or list as something matplotlib plots."""
+    return t.detach().float().cpu().numpy() if hasattr(t, "detach") else t
+
+
 def _get(r, key):
     return r[key] if isinstance(r, Mapping) else getattr(r, key)
 
@@ -93,7 +128,7 @@ def _get(r, key):
 def plot_bench(results, path=None, figsize: tuple[float, float] = (11.0, 4.2)) -> Figure:
     """Time (median ms) and peak memory (MiB) against N, log-log, one line per variant x backend x direction.
 
-    ``results``: :class:`attnzoo.benchmarking.Result` objects or their ``as_dict()``; skipped or
+    ``results``: :class:`attnzoo.tools.bench.Result` objects or their ``as_dict()``; skipped or
     failed cases are left out. Dotted grey guides of slope 1 and 2 show linear vs quadratic growth.
     Returns the figure (two axes); ``path``: also save there (PNG by extension).
     """
@@ -151,4 +186,4 @@ def _guides(ax) -> None:
     ax.set_ylim(y0 / 1.5, max(ys) * 1.5 if max(ys) > 0 else 1)
 
 
-__all__ = ["plot_bench", "show_heatmaps"]
+__all__ = ["plot_bench", "plot_fit", "show_heatmaps"]
