@@ -72,6 +72,7 @@ def test_bench_json_and_png(tmp_path, capsys):
     assert (out / "bench.png").stat().st_size > 0
     assert json.loads((out / "bench.json").read_text())["results"] == payload["results"]
     assert payload["machine"]["torch"] == torch.__version__
+    assert payload["config"]["timer"] == "torch.utils.benchmark.Timer.blocked_autorange"
     results = payload["results"]
     got = {(r["variant"], r["backend"], r["n"]) for r in results}
     for n in bench.SIZE_PRESETS["tiny"]:
@@ -81,6 +82,9 @@ def test_bench_json_and_png(tmp_path, capsys):
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["ratio"] >= 1.0 and r["group"] == f"{r['variant']} N={r['n']} fwd"
             assert r["peak_bytes"] is not None and r["peak_bytes"] >= 0
+            # torch.utils.benchmark: >= --repeat measurements (blocks), each block >= 1 call
+            assert len(r["times_ms"]) >= 2 and r["timed_calls"] >= len(r["times_ms"])
+            assert r["min_ms"] <= r["median_ms"] and r["iqr_ms"] >= 0 and r["threads"] == torch.get_num_threads()
         else:
             assert r["backend"] == "fused" and r["reason"]
     for group in {r["group"] for r in results if r["status"] == "ok"}:
@@ -95,6 +99,41 @@ def test_bench_table_backward_and_quality(tmp_path, capsys):
     assert "x fastest" in text and "fwd+bwd" in text and "sdpa" in text
     assert "Nadaraya-Watson regression" in text and "Associative recall" in text
     assert not (tmp_path / "bench.png").exists()
+
+
+def test_bench_threads_and_compare(tmp_path, capsys):
+    """--threads is the timer's num_threads and is restored afterwards; --compare prints torch's grid."""
+    before = torch.get_num_threads()
+    rc = _run(["--variants", "scaled_dot,average", "--backends", "reference,sdpa", "--sizes", "16,32",
+               "--repeat", "2", "--min-time", "0.01", "--threads", "1", "--out", str(tmp_path), "--no-plot",
+               "--compare"])
+    assert rc == 0 and torch.get_num_threads() == before
+    text = capsys.readouterr().out
+    assert "1 threads" in text and "x fastest" in text
+    assert "[" in text and "scaled_dot fwd" in text and "N=16" in text and "N=32" in text and "sdpa" in text
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert {r["threads"] for r in results} == {1}
+
+
+def test_measure_blocks_threads_and_repeat():
+    import time
+
+    seen = []
+
+    def slow():  # one call dwarfs min_run_time: a block is one call, and rounds are added up to `repeat`
+        seen.append(torch.get_num_threads())
+        time.sleep(0.02)
+
+    before = torch.get_num_threads()
+    m = bench.measure(slow, repeat=4, min_run_time=0.01, num_threads=1, label="l", sub_label="s", description="d")
+    assert len(m.times) >= 4 and bench.timed_calls(m) >= 4 and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    assert 0.015 < m.median < 0.2 and m.task_spec.label == "l" and m.num_threads == 1
+    assert len(seen) > bench.timed_calls(m)  # the block-size search ran untimed calls first (the warm-up)
+    fast = bench.measure(lambda: None, repeat=3, min_run_time=0.02)  # blocks of many calls
+    assert bench.timed_calls(fast) > len(fast.times) >= 3 and fast.num_threads == before
+    with pytest.raises(ValueError, match="repeat"):
+        bench.measure(slow, repeat=0)
 
 
 def test_bench_plugin_module(plugin_module, tmp_path, capsys):

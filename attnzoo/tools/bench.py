@@ -9,6 +9,13 @@ module in eval mode and options from ``variant_info(name).example_options(dim, d
   random cotangent) with respect to q, k, v and every parameter (no ``.grad`` accumulation).
 * On CUDA every call ends with ``torch.cuda.synchronize()``, so the clock stops after the work.
 
+Timing (:func:`measure`, used by :func:`run_case` and so by ``attnzoo bench``) is
+``torch.utils.benchmark.Timer.blocked_autorange``: its block-size search runs the call untimed
+first (the warm-up), each measurement is one block of calls (a single call when one call is long
+enough to dwarf the timer's overhead), and blocks are timed until ``min_run_time`` seconds and at
+least ``repeat`` measurements are reached; the threads are the Timer's ``num_threads``. (The
+pytest-benchmark suite in ``benchmarks/`` times with pytest-benchmark instead.)
+
 Backends: ``reference`` and ``fused`` (attnzoo's own; a variant that takes no ``backend``
 option runs its only implementation as ``reference``), and *peers*, other implementations of
 the same function: ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention``) for
@@ -17,7 +24,8 @@ the same function: ``sdpa`` (``torch.nn.functional.scaled_dot_product_attention`
 is reported *unavailable* (never timed on the fallback) when the extension is not compiled
 for the device, or when its op is not implemented there yet.
 
-Peak memory (:func:`peak_memory`) is measured on one extra, untimed call: the highest amount
+Peak memory (:func:`peak_memory`) is measured on one extra, untimed call (``torch.utils.benchmark``
+times only: its Timer and Measurement hold no memory counters): the highest amount
 of tensor memory allocated *during* the call above what was allocated before it (inputs,
 parameters and the cotangent are not counted; intermediates, saved activations, outputs and
 gradients are). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation at entry.
@@ -33,11 +41,9 @@ import gc
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -280,14 +286,42 @@ def build(case: Case, seed: int = 0) -> tuple[Callable[[], None], str]:
 # -- measuring ------------------------------------------------------------------------------------------------
 
 
-def time_calls(fn: Callable[[], None], repeat: int) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn``, each timed on its own with ``time.perf_counter``."""
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def measure(fn: Callable[[], None], repeat: int = 5, min_run_time: float = 0.2, num_threads: int | None = None,
+            label: str | None = None, sub_label: str | None = None, description: str | None = None):
+    """Time ``fn()`` with ``torch.utils.benchmark.Timer``; returns a ``torch.utils.benchmark.Measurement``.
+
+    ``blocked_autorange(min_run_time)`` picks a block size (the timer's overhead below 0.01 % of a
+    block, or one call when a call takes longer than ``min_run_time``; its search runs ``fn`` at
+    least once untimed: the warm-up) and times blocks until ``min_run_time`` seconds are spent.
+    When a call is so long that this gives fewer than ``repeat`` measurements, more rounds sized
+    to the missing ones are merged in (``Measurement.merge``; each round's search is one more
+    untimed call). ``measurement.times`` are seconds per call, one per block.
+    ``num_threads``: torch threads during the timing (the Timer sets and restores them; default:
+    the current ``torch.get_num_threads()``, where the Timer's own default would be 1).
+    ``label``, ``sub_label``, ``description``: what ``torch.utils.benchmark.Compare`` groups by
+    (tables, rows, columns).
+    """
+    from torch.utils.benchmark import Measurement, Timer
+
+    if repeat < 1 or min_run_time < 0:
+        raise ValueError(f"measure: expected repeat >= 1 and min_run_time >= 0, got {repeat}, {min_run_time}")
+    timer = Timer(stmt="fn()", globals={"fn": fn}, label=label, sub_label=sub_label, description=description,
+                  num_threads=torch.get_num_threads() if num_threads is None else num_threads)
+    rounds = [timer.blocked_autorange(min_run_time=min_run_time)]
+    while (done := sum(len(m.raw_times) for m in rounds)) < repeat:
+        block = rounds[-1].median * rounds[-1].number_per_run  # seconds per block: each round adds >= 1 block
+        rounds.append(timer.blocked_autorange(min_run_time=0.9 * (repeat - done) * block))
+    if len(rounds) == 1:
+        return rounds[0]
+    (merged,) = Measurement.merge(rounds)
+    merged.metadata = {"timed_calls": sum(len(m.raw_times) * m.number_per_run for m in rounds)}
+    return merged
+
+
+def timed_calls(measurement) -> int:
+    """How many calls a :func:`measure` result timed (blocks x calls per block)."""
+    meta = measurement.metadata or {}
+    return meta.get("timed_calls", len(measurement.raw_times) * measurement.number_per_run)
 
 
 @contextlib.contextmanager
@@ -352,7 +386,13 @@ def peak_memory(fn: Callable[[], None], device: str | torch.device = "cpu") -> t
 
 @dataclass
 class Result:
-    """One case's outcome; times in milliseconds, ``status`` ``ok``, ``skipped`` or ``error``."""
+    """One case's outcome; times in milliseconds, ``status`` ``ok``, ``skipped`` or ``error``.
+
+    ``times_ms``: per-call time of each measurement (a block of calls, see :func:`measure`);
+    ``median_ms``, ``min_ms``, ``iqr_ms`` over them; ``timed_calls``: calls timed in all;
+    ``threads``: torch threads during the timing. ``measurement`` (not in :meth:`as_dict`) is the
+    ``torch.utils.benchmark.Measurement``, for ``torch.utils.benchmark.Compare``.
+    """
 
     variant: str
     backend: str
@@ -367,9 +407,13 @@ class Result:
     times_ms: list | None = None
     median_ms: float | None = None
     min_ms: float | None = None
+    iqr_ms: float | None = None
+    timed_calls: int | None = None
+    threads: int | None = None
     peak_bytes: int | None = None
     memory_method: str = ""
     ratio: float | None = None  # median over the fastest median of the same group
+    measurement: object = field(default=None, repr=False, compare=False)
 
     @property
     def group(self) -> str:
@@ -380,13 +424,19 @@ class Result:
         return None if self.peak_bytes is None else self.peak_bytes / MiB
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "group": self.group, "peak_mib": self.peak_mib}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "measurement"}
+        if out["times_ms"] is not None:
+            out["times_ms"] = list(out["times_ms"])
+        return {**out, "group": self.group, "peak_mib": self.peak_mib}
 
 
 def run_case(case: Case, repeat: int = 5, warmup: int = 1, memory: bool = True,
-             guard: MemoryGuard | None = None) -> Result:
-    """Build, warm up, time ``repeat`` calls (median and min reported) and measure peak memory.
+             guard: MemoryGuard | None = None, min_run_time: float = 0.2, num_threads: int | None = None) -> Result:
+    """Build, warm up, time (:func:`measure`: at least ``repeat`` measurements and ``min_run_time``
+    seconds; median and min reported) and measure peak memory on one more call.
 
+    ``warmup``: untimed calls before the timer's own warm-up, the check call of :func:`build`
+    included. ``num_threads``: torch threads while timing (default: the current number).
     ``guard``: skip the case when its projected peak memory is too big, and record what it used.
     """
     res = Result(case.variant, case.backend, case.n, case.direction, case.batch, case.dim, case.device)
@@ -396,8 +446,10 @@ def run_case(case: Case, repeat: int = 5, warmup: int = 1, memory: bool = True,
         return res
     try:
         fn, res.note = build(case)  # includes one call
-        time_calls(fn, max(0, warmup - 1))
-        times = time_calls(fn, max(1, repeat))
+        for _ in range(warmup - 1):
+            fn()
+        m = measure(fn, repeat=repeat, min_run_time=min_run_time, num_threads=num_threads,
+                    label=f"{case.variant} {case.direction}", sub_label=case.backend, description=f"N={case.n}")
         if memory:
             res.peak_bytes, res.memory_method = peak_memory(fn, case.device)
             if guard is not None:
@@ -408,10 +460,24 @@ def run_case(case: Case, repeat: int = 5, warmup: int = 1, memory: bool = True,
     except Exception as exc:  # noqa: BLE001 - one broken variant must not stop a comparison
         res.status, res.reason = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return res
-    res.times_ms = [t * 1e3 for t in times]
-    res.median_ms = statistics.median(res.times_ms)
-    res.min_ms = min(res.times_ms)
+    res.measurement = m
+    res.times_ms = [t * 1e3 for t in m.times]
+    res.median_ms, res.iqr_ms, res.min_ms = m.median * 1e3, m.iqr * 1e3, min(res.times_ms)
+    res.timed_calls, res.threads = timed_calls(m), m.num_threads
     return res
+
+
+def compare_table(results: Sequence[Result]) -> str:
+    """``torch.utils.benchmark.Compare`` of the timed results: a table per variant and direction, a row
+    per backend, a column per N (median time per call, significant figures trimmed); "" if none."""
+    from torch.utils.benchmark import Compare
+
+    measurements = [r.measurement for r in results if r.measurement is not None]
+    if not measurements:
+        return ""
+    table = Compare(measurements)
+    table.trim_significant_figures()
+    return str(table).strip("\n")
 
 
 def add_ratios(results: Sequence[Result]) -> None:
