@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - builds .venv (torch, attnzoo and its C++ extension) once, then runs `attnzoo demo`
 #   make test   - the same set-up, then ruff and the test suite
+# (the set-up installs ".[dev]": the library, both tools extras - bench, viz - and the test tools)
+#   make dist-check - the release check: sdist + wheel, installed into a fresh venv outside the checkout
 # Pick another torch build with TORCH_SPEC, e.g. a CUDA one:
 #   make test TORCH_SPEC="torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130"
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnzoo-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench dist-check lint clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +36,10 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks --ignore=benchmarks/test_targets_cpu.py
 	$(PY) -m pytest benchmarks/test_targets_cpu.py -m "slow or not slow" -s
 
+# python -m build --no-isolation in a scratch copy, the wheel (built from the sdist) installed into a new
+# venv under /tmp (no editable install), then `attnzoo list`, a fused call and a slice of the tests against it
+dist-check:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/check_dist.sh
+
 clean:
-	rm -rf $(VENV) build attnzoo/_C*.so attnzoo-out
+	rm -rf $(VENV) build dist attnzoo.egg-info attnzoo/_C*.so attnzoo-out

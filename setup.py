@@ -6,7 +6,9 @@
 * ``ATTNZOO_NO_EXTENSION=1`` installs the pure-Python package (reference ops only).
 * ``ATTNZOO_FORCE_CUDA=1`` compiles the CUDA sources even without a visible GPU.
 
-Build against the installed torch: ``pip install --no-build-isolation -e .``.
+Build against the installed torch: ``pip install --no-build-isolation -e .``. A release:
+``python -m build --no-isolation`` (the sdist, then the wheel built from it; ``MANIFEST.in`` puts
+the headers of ``csrc/`` in the sdist), checked end to end by ``scripts/check_dist.sh``.
 """
 
 import glob
