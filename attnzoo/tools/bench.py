@@ -368,6 +368,8 @@ def peak_memory(fn: Callable[[], None], device: str | torch.device = "cpu") -> t
 
     None when it cannot be measured (the method then says why).
     """
+    # Not torch.utils.benchmark: it measures time only (Timer and Measurement hold no memory counters),
+    # so the peak comes from the CUDA caching allocator's statistics or the profiler's CPU allocator events.
     device = torch.device(device)
     gc.collect()
     if device.type == "cuda":

@@ -34,7 +34,7 @@ DEFAULT_OUT = "attnzoo-out"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to an argparse ``subparsers`` object (``func=run``)."""
     p = subparsers.add_parser(
-        "bench", help="compare speed and memory of variants x backends x N",
+        "bench", help="compare speed and memory of variants x backends x N (extra: bench)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--variants", default=None,

@@ -135,6 +135,8 @@ def recall(variants: Sequence[str] | None = None, steps: int = 200, batch: int =
             model = RecallModel(name, vocab, dim, backend=backend)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             loss = torch.tensor(float("nan"))
+            # one wall-clock span over the whole training loop, not torch.utils.benchmark: each step
+            # draws a new batch and changes the model, so there is no statement to repeat and block
             t0 = time.perf_counter()
             for _ in range(steps):
                 *x, y = recall_batch(batch, pairs, vocab, gen)
