@@ -12,7 +12,7 @@ from torch import Tensor
 from . import ops
 from .masks import MaskSpec
 from .ops import reference
-from .pooling import pool, straight_through
+from .pooling import masked_softmax, pool, straight_through
 from .scoring import Additive, Bilinear
 
 BACKENDS = ("auto", "fused", "reference")
@@ -99,7 +99,7 @@ def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
 
 def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tensor, value: Tensor,
               spec: MaskSpec, return_weights: bool) -> tuple[Tensor, Tensor | None]:
-    """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the saved log-sum-exp."""
+    """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form."""
     nb = len(spec.batch)
     valid_lens, mask = spec.flat()
     kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling, causal=spec.causal, window=spec.window)
@@ -112,13 +112,13 @@ def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tenso
     out = out.reshape(*spec.batch, *out.shape[1:])
     if not return_weights:
         return out, None
-    return out, _weights_from_lse(form, pooling, query, spec, lse.reshape(*spec.batch, spec.nq), argmax)
+    return out, _fused_weights(form, pooling, query, spec, argmax)
 
 
-def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
-    """``w_ij = exp(s_ij - lse_i) / sum_l exp(s_il - lse_i)`` on valid keys, ``s`` recomputed from the
-    kernel's own form. The kernel's lse only shifts the exponent (so nothing overflows); the division
-    makes each valid row sum to 1 even where the recomputed scores round differently from the kernel's."""
+def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:
+    """The weights of the fused call: the softmax over valid keys of the scores recomputed from the kernel's
+    own form (its lse is not reused: where the recomputed scores round differently from the kernel's,
+    ``exp(s - lse)`` can exceed 1 or overflow; the row max of the recomputed scores cannot)."""
     valid = spec.dense(query.device)
     if pooling == "average":
         return pool(None, valid, "average", query.dtype)
@@ -126,12 +126,7 @@ def _weights_from_lse(form, pooling, query, spec, lse, argmax) -> Tensor:
         s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
     else:
         s = reference.additive_terms(form.a, form.b, form.w)[1]
-    s = s.masked_fill(~valid, float("-inf"))  # before exp: exp(s - lse) may overflow on masked keys
-    shift = lse.unsqueeze(-1).detach()
-    shift = torch.where(shift == float("-inf"), 0.0, shift)  # empty rows; a NaN lse (NaN scores) stays NaN
-    e = torch.exp(s - shift)
-    total = e.sum(-1, keepdim=True)
-    p = (e / torch.where(total == 0, 1.0, total)).to(query.dtype)
+    p = masked_softmax(s, valid).to(query.dtype)
     if pooling != "hard":
         return p
     onehot = reference.onehot_at(argmax.reshape(*spec.batch, spec.nq), p)
