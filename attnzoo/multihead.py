@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from .interface import Attention
 from .masks import MaskSpec
-from .pooled import PooledAttention
 from .registry import accepted_options, build_score
+from .variants import PooledAttention
 
 
 class MultiHeadAttention(Attention):

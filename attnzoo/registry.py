@@ -247,7 +247,7 @@ def _variant_info(name, factory, plugin, *, description="", capabilities=(), exa
 
 
 def _score_variant(s: ScoreInfo) -> VariantInfo:
-    from .pooled import PooledAttention
+    from .variants import PooledAttention
 
     def factory(backend: str = "auto", causal: bool = False, **options):
         return PooledAttention(build_score(s, options, caller=factory), "soft", causal=causal, backend=backend)

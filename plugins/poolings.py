@@ -7,8 +7,8 @@ registered score composes with any pooling: ``create("hard", score="cosine")``.
 from __future__ import annotations
 
 import attnzoo
-from attnzoo.pooled import PooledAttention
 from attnzoo.registry import build_score
+from attnzoo.variants import PooledAttention
 
 
 def _score_example(score: str):

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_SOURCE = textwrap.dedent('''
     """A third-party plugin as a plugin author would write it: one variant, registered at run time."""
     import attnzoo
-    from attnzoo.pooled import PooledAttention
+    from attnzoo.variants import PooledAttention
 
 
     class NegDistance(attnzoo.scoring.Score):

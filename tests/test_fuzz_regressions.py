@@ -95,7 +95,7 @@ class _BadScores(torch.nn.Module):
     ("form_width", ValueError, "score _BadScores: fused.. form Bilinear.k: feature size 3, the form's other tensors"),
 ])
 def test_plugin_outputs_are_checked(kind, error, match):
-    from attnzoo.pooled import PooledAttention
+    from attnzoo.variants import PooledAttention
 
     backend = "fused" if kind.startswith("form") else "reference"
     if backend == "fused" and not ops.EXTENSION:

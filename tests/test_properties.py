@@ -82,7 +82,7 @@ from hypothesis import strategies as st
 import attnzoo
 from attnzoo import ops
 from attnzoo.multihead import MultiHeadAttention
-from attnzoo.pooled import PooledAttention
+from attnzoo.variants import PooledAttention
 
 C = 2.0
 TARGET = 0.05  # the float32 weights must be determined to this (L1 per row) for the oracle comparison
