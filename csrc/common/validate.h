@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/params.h"
+#include "common/tensors.h"
 
 namespace attnzoo {
 
@@ -55,8 +56,8 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
 
 // valid_lens, mask, pooling, window for an op with B, Nq, Nk; `ref`/`ref_arg` give the device.
 inline void check_mask_args(const char* op, const at::Tensor& ref, const char* ref_arg, int64_t B, int64_t Nq,
-                            int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
-                            const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window) {
+                            int64_t Nk, const OptTensor& valid_lens,
+                            const OptTensor& mask, int64_t pooling, int64_t window) {
   if (valid_lens.has_value()) {
     const auto& vl = *valid_lens;
     TORCH_CHECK(vl.scalar_type() == at::kLong, op, ": valid_lens must be int64, got ", vl.scalar_type());
@@ -97,8 +98,8 @@ inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const
 }
 
 inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& valid_lens,
-                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
+                               const OptTensor& key_bias, const OptTensor& valid_lens,
+                               const OptTensor& mask, int64_t pooling, int64_t window,
                                bool allow_half) {
   check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", allow_half);
   const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1);
@@ -111,8 +112,8 @@ inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Te
 
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv).
 inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
-                               const at::Tensor& v, const c10::optional<at::Tensor>& valid_lens,
-                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
+                               const at::Tensor& v, const OptTensor& valid_lens,
+                               const OptTensor& mask, int64_t pooling, int64_t window,
                                bool allow_half) {
   check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", allow_half);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
@@ -125,7 +126,7 @@ inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Te
 // Backward extras: grad_out (B, Nq, Dv), grad_lse (B, Nq), and the saved forward outputs.
 // `x` is q (bilinear) or a (additive); its dtype is the input dtype.
 inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tensor& v, const at::Tensor& grad_out,
-                            const c10::optional<at::Tensor>& grad_lse, const at::Tensor& out, const at::Tensor& lse,
+                            const OptTensor& grad_lse, const at::Tensor& out, const at::Tensor& lse,
                             const at::Tensor& argmax, const at::Tensor& soft_out, int64_t pooling) {
   const int64_t B = x.size(0), Nq = x.size(1), Dv = v.size(2);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -157,8 +158,8 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
 
 // Mask parameters for the kernels. valid_lens / mask must already be on the kernels' device
 // (their data pointers are stored); strides are read from the tensors, so broadcast views work.
-inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
-                                   const c10::optional<at::Tensor>& mask, int64_t pooling, bool causal,
+inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const OptTensor& valid_lens,
+                                   const OptTensor& mask, int64_t pooling, bool causal,
                                    int64_t window) {
   MaskParams p{};
   p.B = B;

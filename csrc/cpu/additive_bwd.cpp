@@ -11,8 +11,8 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 additive_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& a, const at::Tensor& b,
-                     const at::Tensor& w, const at::Tensor& v, const OptT& valid_lens, const OptT& mask,
+Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& w, const at::Tensor& v, const OptTensor& valid_lens, const OptTensor& mask,
                      int64_t pooling, bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,
                      const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.additive_bwd";

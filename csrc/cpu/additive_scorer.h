@@ -4,7 +4,7 @@
 #pragma once
 #include <vector>
 
-#include "cpu/attn_cpu.h"
+#include "cpu/driver.h"
 #include "cpu/fast_tanh.h"
 
 namespace attnzoo::cpu {

@@ -10,9 +10,9 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, const OptT& key_bias, double scale, const OptT& valid_lens,
-                     const OptT& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
+Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const OptTensor& key_bias, double scale, const OptTensor& valid_lens,
+                     const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
                      const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, false);

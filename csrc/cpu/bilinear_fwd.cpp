@@ -7,12 +7,12 @@
 #include "common/validate.h"
 #include "cpu/bilinear_scorer.h"
 #include "cpu/ops_cpu.h"
-#include "cpu/small_d.h"
+#include "cpu/bilinear_small_d.h"
 
 namespace attnzoo::cpu {
 
-Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptT& key_bias,
-                     double scale, const OptT& valid_lens, const OptT& mask, int64_t pooling, bool causal,
+Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
+                     double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                      int64_t window) {
   check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, false);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);

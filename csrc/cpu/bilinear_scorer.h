@@ -1,7 +1,7 @@
 // Bilinear scores s_ij = scale * q_i . k_j + key_bias_j on blocks (GEMM), and their
 // gradients dq_i += scale * sum_j ds_ij k_j, dk_j += scale * sum_i ds_ij q_i, dkey_bias_j += sum_i ds_ij.
 #pragma once
-#include "cpu/attn_cpu.h"
+#include "cpu/driver.h"
 
 namespace attnzoo::cpu {
 

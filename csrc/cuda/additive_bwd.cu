@@ -7,11 +7,11 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 additive_bwd_cuda(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
+Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
                           const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, const OptTensor& valid_lens,
                           const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
                           const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
-  static const char* op = "additive_bwd";
+  const char* op = "attnzoo.additive_bwd";
   check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, /*allow_half=*/true);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());

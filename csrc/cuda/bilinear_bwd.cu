@@ -6,12 +6,12 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 bilinear_bwd_cuda(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,
+Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,
                           const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,
                           const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                           int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,
                           const at::Tensor& soft_out) {
-  static const char* op = "bilinear_bwd";
+  const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, /*allow_half=*/true);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());

@@ -8,11 +8,11 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 bilinear_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
+Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
                           double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling,
                           bool causal, int64_t window) {
-  check_bilinear_fwd("bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, /*allow_half=*/true);
-  TORCH_CHECK(q.is_cuda(), "bilinear_fwd: the CUDA kernel needs CUDA tensors, got ", q.device());
+  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, /*allow_half=*/true);
+  TORCH_CHECK(q.is_cuda(), "attnzoo.bilinear_fwd: the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto kbc = contiguous_opt(key_bias);

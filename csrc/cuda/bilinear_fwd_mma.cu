@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
 template <bool BF16, int HD>
 void launch(const MmaFwdParams& p, int64_t B) {
   const int64_t blocks = B * ceil_div(p.Nq, kBQ);
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "attnzoo CUDA: problem too large for the grid");
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "attnzoo: problem too large for the CUDA grid");
   mma_fwd_kernel<BF16, HD><<<static_cast<unsigned>(blocks), kMmaThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -353,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> generic_b
     p.dw_ws = dw_ws.defined() ? dw_ws.mutable_data_ptr<A>() : nullptr;
     const int64_t nzk = std::max<int64_t>(1, ceil_div(D, OC)), nzv = ceil_div(Dv, OC);
     TORCH_CHECK(B * std::max(nQT, nKT) < (int64_t(1) << 31) && nzk + nzv < 65536,
-                "attnzoo CUDA: problem too large for the grid");
+                "attnzoo: problem too large for the CUDA grid");
     if (pooling != kAverage && D > 0) {  // dq / da
       dim3 grid(static_cast<unsigned>(B * nQT), 1, static_cast<unsigned>(nzk));
       dq_kernel<ADD, scalar_t, A><<<grid, kThreads, 0, stream>>>(p);

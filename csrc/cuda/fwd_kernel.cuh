@@ -156,7 +156,7 @@ void launch_fwd(const FwdParams<T, typename AccOf<T>::type>& p) {
   const int64_t nQT = ceil_div(p.Nq, kRows);
   const int64_t nz = std::max<int64_t>(1, ceil_div(p.Dv, Cfg<A>::OC));
   if (p.B * nQT == 0) return;
-  TORCH_CHECK(p.B * nQT < (int64_t(1) << 31) && nz < 65536, "attnzoo CUDA: problem too large for the grid");
+  TORCH_CHECK(p.B * nQT < (int64_t(1) << 31) && nz < 65536, "attnzoo: problem too large for the CUDA grid");
   dim3 grid(static_cast<unsigned>(p.B * nQT), 1, static_cast<unsigned>(nz));
   fwd_kernel<ADD, T, A><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
