@@ -28,14 +28,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();
   std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
-    const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
-                                      ka.const_data_ptr<scalar_t>(),
-                                      kba ? kba->const_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<scalar_t>(scale),
-                                      Nq,
-                                      Nk,
-                                      D,
-                                      dq.data_ptr<scalar_t>()};
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, dq);
     backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
                            lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
                            od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,

@@ -50,14 +50,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       small_d_forward<scalar_t>(args, DP, DVP);
       return;
     }
-    const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
-                                      ka.const_data_ptr<scalar_t>(),
-                                      kba ? kba->const_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<scalar_t>(scale),
-                                      Nq,
-                                      Nk,
-                                      D,
-                                      nullptr};
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor());
     forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
                           hard ? argmax.data_ptr<int64_t>() : nullptr,
                           hard ? soft_out.data_ptr<scalar_t>() : nullptr, [&] { return sc; });

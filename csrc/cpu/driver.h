@@ -1,10 +1,12 @@
 // Block drivers of the fused CPU attention kernels, shared by both score families.
 //
-// A "scorer" supplies the family-specific parts on a (query block x key block):
-//   scores(b, i0, nq, j0, nk, S, ldS, ra, re): raw scores S[r][j] of query i0+r, key j0+j
-//       (only columns [ra[r], re[r]) are used; others may hold anything);
-//   grads(b, i0, nq, j0, nk, dS, ldS, ra, re, acc): accumulate the input gradients from
-//       dS = d loss / d S (zero outside each row's valid keys and for j >= nk up to kBK).
+// A "scorer" (the family policy: bilinear_scorer.h, additive_scorer.h; the CUDA tile policies
+// in cuda/bilinear_tile.cuh, cuda/additive_tile.cuh have the same two methods) supplies the
+// family-specific parts on a ScoreBlock (query block x key block):
+//   score(blk, S, ldS): raw scores S[r][j] of query i0+r, key j0+j (only columns
+//       [ra[r], re[r]) are used; others may hold anything);
+//   dscore(blk, dS, ldS, acc): accumulate the input gradients from dS = d loss / d S
+//       (zero outside each row's valid keys and for j >= nk up to kBK).
 // The drivers handle masks, the online softmax / arg-max, P.V, dV and dS, in the
 // accumulation type T (float or double); inputs are contiguous T tensors.
 #pragma once
@@ -35,6 +37,13 @@ struct Blocks {
   int64_t bq = kBQ, bk = kBK;  // bk: multiple of 4 vectors
 };
 
+// A (query block x key block) of batch b: queries i0 + r (r < nq), keys j0 + j (j < nk); row r's
+// valid keys (masks aside) are the columns [ra[r], re[r]).
+struct ScoreBlock {
+  int64_t b, i0, nq, j0, nk;
+  const int64_t *ra, *re;
+};
+
 // Valid key ranges of rows i0..i0+nq; returns the union [klo, khi) (klo >= khi: none).
 inline void block_rows(const MaskParams& mp, int64_t b, int64_t i0, int64_t nq, int64_t* lo, int64_t* hi,
                        int64_t& klo, int64_t& khi) {
@@ -61,7 +70,7 @@ inline void score_block(Scorer& scorer, int64_t b, int64_t i0, int64_t nq, int64
     ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
     re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
   }
-  if (!avg) scorer.scores(b, i0, nq, j0, nk, S, bk, ra.data(), re.data());
+  if (!avg) scorer.score(ScoreBlock{b, i0, nq, j0, nk, ra.data(), re.data()}, S, bk);
 }
 
 // Raw scores of one row -> masked scores in [a, e): -inf where mask is false, 0 for average pooling.
@@ -158,7 +167,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
   });
 }
 
-// Accumulates dv into accs[0] (B, Nk, Dv); scorer.grads gets the other accumulators
+// Accumulates dv into accs[0] (B, Nk, Dv); scorer.dscore gets the other accumulators
 // (pointer i = accs[i]'s base for this thread). o_delta: out (soft_out for hard pooling).
 template <typename T, typename MakeScorer>
 void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const T* dout, const T* lse, const int64_t* argmax,
@@ -223,7 +232,7 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
         for (; j < nk; ++j) d[j] = p[j] * (d[j] - delta[r]);
         vfill(d + nk, bk - nk, T(0));
       }
-      scorer.grads(b, i0, nq, j0, nk, dP.data(), bk, ra.data(), re.data(), acc);
+      scorer.dscore(ScoreBlock{b, i0, nq, j0, nk, ra.data(), re.data()}, dP.data(), bk, acc);
     }
     if (hard)
       for (int64_t r = 0; r < nq; ++r) {
