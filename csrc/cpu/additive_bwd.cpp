@@ -16,7 +16,7 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                      int64_t pooling, bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,
                      const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.additive_bwd";
-  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, false);
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
   const bool hard = pooling == kHard;

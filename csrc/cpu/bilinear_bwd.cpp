@@ -15,7 +15,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                      const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
                      const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.bilinear_bwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, false);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   const bool hard = pooling == kHard;

@@ -14,7 +14,7 @@ namespace attnzoo::cpu {
 Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
                      double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                      int64_t window) {
-  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, false);
+  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
   const auto kba = to_acc(key_bias);

@@ -13,7 +13,7 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                      int64_t pooling, bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,
                      const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.additive_bwd";
-  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, /*allow_half=*/true);
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCudaDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
@@ -25,7 +25,7 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const bool with_dw = pooling != kAverage && H > 0;
   const auto dw_ws = with_dw ? at::zeros({a.size(0) * key_tiles(b.size(1)), H}, a.options().dtype(acc_type(a.scalar_type())))
                              : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "attnzoo.additive_bwd", [&] {
+  ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.additive_bwd", [&] {
     using A = typename AccOf<scalar_t>::type;
     const AdditiveTile<scalar_t, A> fam{ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), H,
                                         wc.const_data_ptr<scalar_t>(), with_dw ? dw_ws.mutable_data_ptr<A>() : nullptr};

@@ -12,13 +12,13 @@ Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
                      const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                      int64_t window) {
   const char* op = "attnzoo.additive_fwd";
-  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, /*allow_half=*/true);
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCudaDtypes);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
   const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pooling, causal, window);
   auto outs = empty_fwd_outputs(ac, v.size(2), pooling, a.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "attnzoo.additive_fwd", [&] {
+  ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.additive_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;
     const AdditiveTile<scalar_t, A> fam{ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), a.size(2),
                                         wc.const_data_ptr<scalar_t>(), nullptr};

@@ -13,7 +13,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                      const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
                      const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.bilinear_bwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, /*allow_half=*/true);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCudaDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
@@ -23,7 +23,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const auto kbc = contiguous_opt(key_bias);
   auto dq = at::zeros_like(qc), dk = at::zeros_like(kc), dv = at::zeros_like(vc);
   auto dkb = kbc ? at::zeros_like(*kbc) : at::empty({0}, q.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attnzoo.bilinear_bwd", [&] {
+  ATTNZOO_DISPATCH_CUDA_DTYPES(q.scalar_type(), "attnzoo.bilinear_bwd", [&] {
     using A = typename AccOf<scalar_t>::type;
     const BilinearTile<scalar_t, A> fam{qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), q.size(2),
                                         kbc ? kbc->const_data_ptr<scalar_t>() : nullptr, static_cast<A>(scale),

@@ -14,7 +14,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                      int64_t window) {
   const char* op = "attnzoo.bilinear_fwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, /*allow_half=*/true);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCudaDtypes);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
@@ -23,7 +23,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, valid_lens, mask, pooling, causal, window, outs)) return outs;
   const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pooling, causal, window);
   outs = empty_fwd_outputs(qc, v.size(2), pooling, q.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attnzoo.bilinear_fwd", [&] {
+  ATTNZOO_DISPATCH_CUDA_DTYPES(q.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;
     const BilinearTile<scalar_t, A> fam{qc.const_data_ptr<scalar_t>(), kc.const_data_ptr<scalar_t>(), q.size(2),
                                         kbc ? kbc->const_data_ptr<scalar_t>() : nullptr, static_cast<A>(scale),
