@@ -3,12 +3,33 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
+#include "common/dtypes.h"
+#include "common/params.h"
 #include "cpu/isa.h"
 
 namespace {
 
+pybind11::list dtype_names(const attnzoo::Dtypes& dtypes) {
+  pybind11::list names;
+  for (const auto& d : dtypes) names.append(d.name);
+  return names;
+}
+
 pybind11::dict build_info() {
   pybind11::dict info;
+  // The pooling codes (name -> code) of the kernels' enum (common/params.h).
+  pybind11::dict poolings;
+#define ATTNZOO_POOLING_ENTRY(e, code, name) poolings[name] = static_cast<int64_t>(attnzoo::e);
+  ATTNZOO_POOLINGS(ATTNZOO_POOLING_ENTRY)
+#undef ATTNZOO_POOLING_ENTRY
+  info["poolings"] = poolings;
+  // Device -> the dtypes its kernels are compiled for (common/dtypes.h), as torch names them.
+  pybind11::dict dtypes;
+  dtypes["cpu"] = dtype_names(attnzoo::kCpuDtypes);
+#ifdef ATTNZOO_WITH_CUDA
+  dtypes["cuda"] = dtype_names(attnzoo::kCudaDtypes);
+#endif
+  info["dtypes"] = dtypes;
   info["torch_version"] = TORCH_VERSION;
 #ifdef ATTNZOO_WITH_CUDA
   info["cuda"] = true;

@@ -14,7 +14,33 @@
 
 namespace attnzoo {
 
-enum Pooling : int64_t { kSoft = 0, kHard = 1, kAverage = 2 };
+// The poolings: (enumerator, code, name), in code order. One list for the enum, the validation
+// (validate.h), the dispatch (pooling.h) and build_info()["poolings"]; attnzoo/ops/schemas.py
+// POOLINGS mirrors it (tests/test_build_info.py keeps them equal).
+#define ATTNZOO_POOLINGS(X) \
+  X(kSoft, 0, "soft")       \
+  X(kHard, 1, "hard")       \
+  X(kAverage, 2, "average")
+
+#define ATTNZOO_POOLING_ENUMERATOR(e, code, name) e = code,
+enum Pooling : int64_t { ATTNZOO_POOLINGS(ATTNZOO_POOLING_ENUMERATOR) };
+#undef ATTNZOO_POOLING_ENUMERATOR
+
+#define ATTNZOO_POOLING_ONE(e, code, name) +1
+constexpr int64_t kNumPoolings = 0 ATTNZOO_POOLINGS(ATTNZOO_POOLING_ONE);
+#undef ATTNZOO_POOLING_ONE
+
+// The codes are 0 .. kNumPoolings - 1.
+ATTNZOO_HD bool valid_pooling(int64_t p) { return p >= 0 && p < kNumPoolings; }
+
+// "soft", "hard", ... ("?" for an invalid code).
+inline const char* pooling_name(int64_t p) {
+#define ATTNZOO_POOLING_NAME(e, code, name) \
+  if (p == code) return name;
+  ATTNZOO_POOLINGS(ATTNZOO_POOLING_NAME)
+#undef ATTNZOO_POOLING_NAME
+  return "?";
+}
 
 struct KeyRange {
   int64_t lo, hi;  // [lo, hi); empty when hi <= lo (hi is clamped to >= lo)

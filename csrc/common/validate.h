@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "common/dtypes.h"
 #include "common/params.h"
+#include "common/tensors.h"
 
 namespace attnzoo {
 
@@ -34,11 +36,17 @@ inline void check_rank(const char* op, const char* arg, const at::Tensor& t, int
               shape_str(t.sizes()));
 }
 
-inline void check_float_dtype(const char* op, const char* arg, const at::Tensor& t, bool allow_half) {
-  const auto d = t.scalar_type();
-  const bool ok = d == at::kFloat || d == at::kDouble || d == at::kBFloat16 || (allow_half && d == at::kHalf);
-  TORCH_CHECK(ok, op, ": ", arg, " must be float32, float64, bfloat16", (allow_half ? " or float16" : ""), ", got ",
-              d);
+// `dtypes`: the device's kernel dtypes (common/dtypes.h).
+inline void check_float_dtype(const char* op, const char* arg, const at::Tensor& t, const Dtypes& dtypes) {
+  TORCH_CHECK(dtypes.has(t.scalar_type()), op, ": ", arg, " must be ", dtypes.names(), ", got ", t.scalar_type());
+}
+
+// "0 (soft), 1 (hard) or 2 (average)", from the pooling list (params.h).
+inline std::string pooling_choices() {
+  std::ostringstream o;
+  for (int64_t p = 0; p < kNumPoolings; ++p)
+    o << (p == 0 ? "" : p + 1 == kNumPoolings ? " or " : ", ") << p << " (" << pooling_name(p) << ")";
+  return o.str();
 }
 
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
@@ -55,8 +63,8 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
 
 // valid_lens, mask, pooling, window for an op with B, Nq, Nk; `ref`/`ref_arg` give the device.
 inline void check_mask_args(const char* op, const at::Tensor& ref, const char* ref_arg, int64_t B, int64_t Nq,
-                            int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
-                            const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window) {
+                            int64_t Nk, const OptTensor& valid_lens,
+                            const OptTensor& mask, int64_t pooling, int64_t window) {
   if (valid_lens.has_value()) {
     const auto& vl = *valid_lens;
     TORCH_CHECK(vl.scalar_type() == at::kLong, op, ": valid_lens must be int64, got ", vl.scalar_type());
@@ -69,8 +77,7 @@ inline void check_mask_args(const char* op, const at::Tensor& ref, const char* r
     check_shape(op, "mask", m, {B, Nq, Nk}, "(B, Nq, Nk)");
     check_same_device(op, "mask", m, ref_arg, ref);
   }
-  TORCH_CHECK(pooling >= 0 && pooling <= 2, op, ": pooling must be 0 (soft), 1 (hard) or 2 (average), got ",
-              pooling);
+  TORCH_CHECK(valid_pooling(pooling), op, ": pooling must be ", pooling_choices(), ", got ", pooling);
   TORCH_CHECK(window >= -1, op, ": window must be >= -1 (-1 = no window), got ", window);
 }
 
@@ -85,11 +92,11 @@ inline void check_like(const char* op, const char* arg, const at::Tensor& t, con
 // The per-query x (B, Nq, F), per-key y (B, Nk, F) and values v (B, Nk, Dv) of both families
 // (F is D for bilinear, H for additive): ranks, shapes, a float dtype, y and v like x.
 inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const char* yn, const at::Tensor& y,
-                      const at::Tensor& v, const char* x_shape, const char* y_shape, bool allow_half) {
+                      const at::Tensor& v, const char* x_shape, const char* y_shape, const Dtypes& dtypes) {
   check_rank(op, xn, x, 3, x_shape);
   check_rank(op, yn, y, 3, y_shape);
   check_rank(op, "v", v, 3, "(B, Nk, Dv)");
-  check_float_dtype(op, xn, x, allow_half);
+  check_float_dtype(op, xn, x, dtypes);
   check_shape(op, yn, y, {x.size(0), y.size(1), x.size(2)}, y_shape);
   check_shape(op, "v", v, {x.size(0), y.size(1), v.size(2)}, "(B, Nk, Dv)");
   check_like(op, yn, y, xn, x);
@@ -97,10 +104,10 @@ inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const
 }
 
 inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& valid_lens,
-                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
-                               bool allow_half) {
-  check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", allow_half);
+                               const OptTensor& key_bias, const OptTensor& valid_lens,
+                               const OptTensor& mask, int64_t pooling, int64_t window,
+                               const Dtypes& dtypes) {
+  check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", dtypes);
   const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1);
   if (key_bias.has_value()) {
     check_shape(op, "key_bias", *key_bias, {B, Nk}, "(B, Nk)");
@@ -111,10 +118,10 @@ inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Te
 
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv).
 inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
-                               const at::Tensor& v, const c10::optional<at::Tensor>& valid_lens,
-                               const c10::optional<at::Tensor>& mask, int64_t pooling, int64_t window,
-                               bool allow_half) {
-  check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", allow_half);
+                               const at::Tensor& v, const OptTensor& valid_lens,
+                               const OptTensor& mask, int64_t pooling, int64_t window,
+                               const Dtypes& dtypes) {
+  check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", dtypes);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   check_rank(op, "w", w, 1, "(H,)");
   check_shape(op, "w", w, {a.size(2)}, "(H,)");
@@ -125,10 +132,10 @@ inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Te
 // Backward extras: grad_out (B, Nq, Dv), grad_lse (B, Nq), and the saved forward outputs.
 // `x` is q (bilinear) or a (additive); its dtype is the input dtype.
 inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tensor& v, const at::Tensor& grad_out,
-                            const c10::optional<at::Tensor>& grad_lse, const at::Tensor& out, const at::Tensor& lse,
+                            const OptTensor& grad_lse, const at::Tensor& out, const at::Tensor& lse,
                             const at::Tensor& argmax, const at::Tensor& soft_out, int64_t pooling) {
   const int64_t B = x.size(0), Nq = x.size(1), Dv = v.size(2);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(x.scalar_type());
   check_shape(op, "grad_out", grad_out, {B, Nq, Dv}, "(B, Nq, Dv)");
   check_like(op, "grad_out", grad_out, "the inputs", x);
   if (grad_lse.has_value()) {
@@ -157,8 +164,8 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
 
 // Mask parameters for the kernels. valid_lens / mask must already be on the kernels' device
 // (their data pointers are stored); strides are read from the tensors, so broadcast views work.
-inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const c10::optional<at::Tensor>& valid_lens,
-                                   const c10::optional<at::Tensor>& mask, int64_t pooling, bool causal,
+inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const OptTensor& valid_lens,
+                                   const OptTensor& mask, int64_t pooling, bool causal,
                                    int64_t window) {
   MaskParams p{};
   p.B = B;

@@ -11,12 +11,12 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 additive_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& a, const at::Tensor& b,
-                     const at::Tensor& w, const at::Tensor& v, const OptT& valid_lens, const OptT& mask,
+Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& w, const at::Tensor& v, const OptTensor& valid_lens, const OptTensor& mask,
                      int64_t pooling, bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,
                      const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.additive_bwd";
-  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, false);
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
   const bool hard = pooling == kHard;

@@ -12,8 +12,8 @@
 namespace attnzoo::cpu {
 
 Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                     const OptT& valid_lens, const OptT& mask, int64_t pooling, bool causal, int64_t window) {
-  check_additive_fwd("attnzoo.additive_fwd", a, b, w, v, valid_lens, mask, pooling, window, false);
+                     const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal, int64_t window) {
+  check_additive_fwd("attnzoo.additive_fwd", a, b, w, v, valid_lens, mask, pooling, window, kCpuDtypes);
   const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v);
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);

@@ -4,14 +4,14 @@
 #pragma once
 #include <vector>
 
-#include "cpu/attn_cpu.h"
+#include "cpu/driver.h"
 #include "cpu/fast_tanh.h"
 
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
 
-// a (B, Nq, H), b (B, Nk, H), w (H,); contiguous T. grads: da (B, Nq, H) written per query
-// block; acc[1] = db (B, Nk, H), acc[2] = dw (H,). grads() must follow scores() of the same block.
+// a (B, Nq, H), b (B, Nk, H), w (H,); contiguous T. dscore: da (B, Nq, H) written per query
+// block; acc[1] = db (B, Nk, H), acc[2] = dw (H,). dscore() must follow score() of the same block.
 template <typename T>
 struct AdditiveScorer {
   using V = Vectorized<T>;
@@ -37,7 +37,7 @@ struct AdditiveScorer {
 
   static int64_t round_up(int64_t x) { return (x + VS - 1) / VS * VS; }
 
-  // ea_ (B, Nq, H) = exp(2a), eb_ (B, Nk, H) = exp(2b); scores() then uses the exp form.
+  // ea_ (B, Nq, H) = exp(2a), eb_ (B, Nk, H) = exp(2b); score() then uses the exp form.
   void use_exp(const T* ea_, const T* eb_) {
     ea = ea_;
     eb = eb_;
@@ -45,8 +45,9 @@ struct AdditiveScorer {
     for (int64_t h = 0; h < H; ++h) w2[h] = T(-2) * w[h];
   }
 
-  void scores(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, T* S, int64_t ldS, const int64_t* ra,
-              const int64_t* re) {
+  void score(const ScoreBlock& blk, T* S, int64_t ldS) {
+    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
+    const int64_t *ra = blk.ra, *re = blk.re;
     const T* bblk = (ea ? eb : bb) + (b * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) bT[h * kBK + j] = bblk[j * H + h];
@@ -92,8 +93,9 @@ struct AdditiveScorer {
     }
   }
 
-  void grads(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, const T* dS, int64_t ldS, const int64_t* ra,
-             const int64_t* re, T* const* acc) {
+  void dscore(const ScoreBlock& blk, const T* dS, int64_t ldS, T* const* acc) {
+    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
+    const int64_t *ra = blk.ra, *re = blk.re;
     std::fill(dbT.begin(), dbT.end(), T(0));
     std::fill(dwv.begin(), dwv.end(), T(0));
     const V one(T(1));

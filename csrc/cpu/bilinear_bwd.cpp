@@ -10,12 +10,12 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, const OptT& key_bias, double scale, const OptT& valid_lens,
-                     const OptT& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
+Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const OptTensor& key_bias, double scale, const OptTensor& valid_lens,
+                     const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
                      const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
   const char* op = "attnzoo.bilinear_bwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, false);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   const bool hard = pooling == kHard;
@@ -28,14 +28,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptT& grad_lse, const at:
   auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();
   std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
-    const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
-                                      ka.const_data_ptr<scalar_t>(),
-                                      kba ? kba->const_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<scalar_t>(scale),
-                                      Nq,
-                                      Nk,
-                                      D,
-                                      dq.data_ptr<scalar_t>()};
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, dq);
     backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
                            lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
                            od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,

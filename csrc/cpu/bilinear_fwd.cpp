@@ -7,14 +7,14 @@
 #include "common/validate.h"
 #include "cpu/bilinear_scorer.h"
 #include "cpu/ops_cpu.h"
-#include "cpu/small_d.h"
+#include "cpu/bilinear_small_d.h"
 
 namespace attnzoo::cpu {
 
-Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptT& key_bias,
-                     double scale, const OptT& valid_lens, const OptT& mask, int64_t pooling, bool causal,
+Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
+                     double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
                      int64_t window) {
-  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, false);
+  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
   const auto kba = to_acc(key_bias);
@@ -50,14 +50,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       small_d_forward<scalar_t>(args, DP, DVP);
       return;
     }
-    const BilinearScorer<scalar_t> sc{qa.const_data_ptr<scalar_t>(),
-                                      ka.const_data_ptr<scalar_t>(),
-                                      kba ? kba->const_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<scalar_t>(scale),
-                                      Nq,
-                                      Nk,
-                                      D,
-                                      nullptr};
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor());
     forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
                           hard ? argmax.data_ptr<int64_t>() : nullptr,
                           hard ? soft_out.data_ptr<scalar_t>() : nullptr, [&] { return sc; });

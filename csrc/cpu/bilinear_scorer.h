@@ -1,7 +1,8 @@
 // Bilinear scores s_ij = scale * q_i . k_j + key_bias_j on blocks (GEMM), and their
 // gradients dq_i += scale * sum_j ds_ij k_j, dk_j += scale * sum_i ds_ij q_i, dkey_bias_j += sum_i ds_ij.
 #pragma once
-#include "cpu/attn_cpu.h"
+#include "common/tensors.h"
+#include "cpu/driver.h"
 
 namespace attnzoo::cpu {
 
@@ -22,7 +23,7 @@ inline Blocks bilinear_blocks(int64_t B, int64_t Nq, bool causal, int64_t window
 }
 
 // q (B, Nq, D), k (B, Nk, D), key_bias (B, Nk) or nullptr; contiguous T.
-// grads: dq (B, Nq, D) written per query block; acc[1] = dk (B, Nk, D), acc[2] = dkey_bias (B, Nk).
+// dscore: dq (B, Nq, D) written per query block; acc[1] = dk (B, Nk, D), acc[2] = dkey_bias (B, Nk).
 template <typename T>
 struct BilinearScorer {
   const T *q, *k, *kb;
@@ -30,20 +31,35 @@ struct BilinearScorer {
   int64_t Nq, Nk, D;
   T* dq;
 
-  void scores(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, T* S, int64_t ldS, const int64_t*,
-              const int64_t*) const {
+  void score(const ScoreBlock& blk, T* S, int64_t ldS) const {
+    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (b * Nk + j0) * D, D, T(0), S, ldS);
     if (kb)
       for (int64_t r = 0; r < nq; ++r) vadd(S + r * ldS, kb + b * Nk + j0, nk);
   }
 
-  void grads(int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk, const T* dS, int64_t ldS, const int64_t*,
-             const int64_t*, T* const* acc) const {
+  void dscore(const ScoreBlock& blk, const T* dS, int64_t ldS, T* const* acc) const {
+    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     gemm<T>(false, false, nq, D, nk, scale, dS, ldS, k + (b * Nk + j0) * D, D, T(1), dq + (b * Nq + i0) * D, D);
     gemm<T>(true, false, nk, D, nq, scale, dS, ldS, q + (b * Nq + i0) * D, D, T(1), acc[1] + (b * Nk + j0) * D, D);
     if (acc[2])
       for (int64_t r = 0; r < nq; ++r) vadd(acc[2] + b * Nk + j0, dS + r * ldS, nk);
   }
 };
+
+// The scorer of contiguous accumulation-dtype tensors q, k, key_bias (nullopt: none); dq: the
+// backward's zero-initialised dq, or undefined for the forward.
+template <typename T>
+BilinearScorer<T> make_bilinear_scorer(const at::Tensor& q, const at::Tensor& k, const OptTensor& key_bias,
+                                       double scale, const at::Tensor& dq) {
+  return BilinearScorer<T>{q.const_data_ptr<T>(),
+                           k.const_data_ptr<T>(),
+                           key_bias ? key_bias->const_data_ptr<T>() : nullptr,
+                           static_cast<T>(scale),
+                           q.size(1),
+                           k.size(1),
+                           q.size(2),
+                           dq.defined() ? dq.data_ptr<T>() : nullptr};
+}
 
 }  // namespace attnzoo::cpu

@@ -1,20 +1,30 @@
-// additive_fwd on CUDA: s_ij = sum_h w_h tanh(a_ih + b_jh), never materialising (Nq, Nk, H).
+// attnzoo.additive_fwd on CUDA: s_ij = sum_h w_h tanh(a_ih + b_jh), never materialising (Nq, Nk, H):
+// the generic driver (fwd_driver.cuh) with the additive tile policy (additive_tile.cuh).
 #include "common/validate.h"
-#include "cuda/fwd_kernel.cuh"
+#include "cuda/additive_tile.cuh"
+#include "cuda/fwd_driver.cuh"
 #include "cuda/ops_cuda.h"
 
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 additive_fwd_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                          const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                          int64_t window) {
-  check_additive_fwd("additive_fwd", a, b, w, v, valid_lens, mask, pooling, window, /*allow_half=*/true);
-  TORCH_CHECK(a.is_cuda(), "additive_fwd: the CUDA kernel needs CUDA tensors, got ", a.device());
+Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
+                     const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
+                     int64_t window) {
+  const char* op = "attnzoo.additive_fwd";
+  check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCudaDtypes);
+  TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
   const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pooling, causal, window);
-  return generic_fwd<true>(ac, bc, vc, c10::nullopt, &wc, 1.0, mp);
+  auto outs = empty_fwd_outputs(ac, v.size(2), pooling, a.scalar_type());
+  ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.additive_fwd", [&] {
+    using A = typename AccOf<scalar_t>::type;
+    const AdditiveTile<scalar_t, A> fam{ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), a.size(2),
+                                        wc.const_data_ptr<scalar_t>(), nullptr};
+    generic_fwd<AdditiveTile<scalar_t, A>, scalar_t>(fam, vc, mp, outs);
+  });
+  return outs;
 }
 
 }  // namespace cuda

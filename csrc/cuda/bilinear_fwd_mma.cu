@@ -127,27 +127,14 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = q0 + warp * 16 + g + 8 * h;
-    kr[h] = KeyRange{0, 0};
-    mrow[h] = nullptr;
-    if (row[h] < Nq) {
-      kr[h] = row_range(mp, b, row[h]);
-      mrow[h] = mask_row(mp, b, row[h]);
-    }
+    kr[h] = query_row(mp, b, row[h], mrow[h]);
     if (tig == 0) {
       sLo[warp * 16 + g + 8 * h] = kr[h].lo;
       sHi[warp * 16 + g + 8 * h] = kr[h].hi;
     }
   }
   __syncthreads();
-  int64_t blo = Nk, bhi = 0, all_lo = 0, all_hi = Nk;  // union / intersection of the rows' ranges
-  for (int rr = 0; rr < kBQ; ++rr) {
-    if (sHi[rr] > sLo[rr]) {
-      blo = min(blo, sLo[rr]);
-      bhi = max(bhi, sHi[rr]);
-    }
-    all_lo = max(all_lo, sLo[rr]);
-    all_hi = min(all_hi, sHi[rr]);
-  }
+  const KeySpan span = key_span<kBQ>(sLo, sHi, Nk);
 
   // Q fragments (A operand, row-major 16 x 16 per k-step).
   uint32_t qf[HD / 16][4];
@@ -166,7 +153,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, best[2] = {-INFINITY, -INFINITY};
   int64_t barg[2] = {-1, -1};
 
-  for (int64_t j0 = (blo / kBK) * kBK; j0 < bhi; j0 += kBK) {
+  for (int64_t j0 = (span.lo / kBK) * kBK; j0 < span.hi; j0 += kBK) {
     __syncthreads();  // the previous tile's readers are done with sK / sV
     for (int idx = tid; idx < kBK * HD / 8; idx += kMmaThreads) {
       const int rr = idx / (HD / 8), cc = (idx % (HD / 8)) * 8;
@@ -194,7 +181,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
       }
     }
 
-    const bool full = mp.mask == nullptr && j0 >= all_lo && j0 + kBK <= all_hi;
+    const bool full = mp.mask == nullptr && j0 >= span.all_lo && j0 + kBK <= span.all_hi;
     float tmax[2] = {-INFINITY, -INFINITY};
     int64_t targ[2] = {-1, -1};
 #pragma unroll
@@ -297,7 +284,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
 template <bool BF16, int HD>
 void launch(const MmaFwdParams& p, int64_t B) {
   const int64_t blocks = B * ceil_div(p.Nq, kBQ);
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "attnzoo CUDA: problem too large for the grid");
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "attnzoo: problem too large for the CUDA grid");
   mma_fwd_kernel<BF16, HD><<<static_cast<unsigned>(blocks), kMmaThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -320,10 +307,11 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   if (std::getenv("ATTNZOO_CUDA_NO_MMA")) return false;  // debugging / A-B comparisons
 
   const bool hard = pooling == kHard;
-  auto out = at::empty({B, Nq, Dv}, q.options());
-  auto lse = at::empty({B, Nq}, q.options().dtype(at::kFloat));
-  auto argmax = hard ? at::empty({B, Nq}, q.options().dtype(at::kLong)) : at::empty({0}, q.options().dtype(at::kLong));
-  auto soft_out = hard ? at::empty({B, Nq, Dv}, q.options()) : at::empty({0}, q.options());
+  result = empty_fwd_outputs(q, Dv, pooling, dt);
+  const auto& out = std::get<0>(result);
+  const auto& lse = std::get<1>(result);
+  const auto& argmax = std::get<2>(result);
+  const auto& soft_out = std::get<3>(result);
 
   MmaFwdParams p{};
   p.q = reinterpret_cast<const uint16_t*>(q.const_data_ptr());
@@ -343,7 +331,6 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   if (bf16 && D == 128) launch<true, 128>(p, B);
   if (!bf16 && D == 64) launch<false, 64>(p, B);
   if (!bf16 && D == 128) launch<false, 128>(p, B);
-  result = Tensor4(out, lse, argmax, soft_out);
   return true;
 }
 

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "common/params.h"
+#include "common/tensors.h"
 
 namespace attnzoo {
 namespace cuda {
@@ -57,40 +58,6 @@ __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return __logf(x); }
 __device__ __forceinline__ double dlog(double x) { return log(x); }
 
-// tanh in the accumulation type. float32 inputs: 1 - 2 / (e^{2|x|} + 1) with __expf,
-// absolute error ~3e-7 (nvcc --use_fast_math would turn tanhf into tanh.approx.f32,
-// ~5e-4 relative, too coarse for float32 tests). float16/bfloat16 inputs use the
-// hardware tanh.approx.f32 (sm_75+); define ATTNZOO_FAST_TANH to use it for float32 too.
-__device__ __forceinline__ float tanh_hw(float x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-  float y;
-  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  const float e = __expf(2.f * fabsf(x));
-  return copysignf(1.f - 2.f / (e + 1.f), x);
-#endif
-}
-__device__ __forceinline__ float tanh_accurate(float x) {
-  const float e = __expf(2.f * fabsf(x));
-  return copysignf(1.f - __fdividef(2.f, e + 1.f), x);
-}
-
-template <class T>
-__device__ __forceinline__ typename AccOf<T>::type tanh_acc(typename AccOf<T>::type x) {
-  if constexpr (std::is_same<T, double>::value) {
-    return tanh(x);
-  } else if constexpr (std::is_same<T, float>::value) {
-#ifdef ATTNZOO_FAST_TANH
-    return tanh_hw(x);
-#else
-    return tanh_accurate(x);
-#endif
-  } else {
-    return tanh_hw(x);
-  }
-}
-
 template <class A>
 __device__ __forceinline__ A row_sum8(A x) {
 #pragma unroll
@@ -119,14 +86,32 @@ __device__ __forceinline__ void row_argmax8(A& val, int64_t& idx) {
   }
 }
 
-// s[i] (row r, column c8 + 8 i) += sum_d X[x0 + r, d] Y[y0 + c, d] over d < dim (bilinear),
-// or sum_d w_d tanh(X[x0 + r, d] + Y[y0 + c, d]) (ADD). X (nx, dim) and Y (ny, dim) are
-// row-major (the batch's base pointers); rows out of range read 0. Block-wide: every
-// thread of the block must call it (it synchronises).
-template <bool ADD, class T, class A, int C, int KC>
-__device__ __forceinline__ void score_tile(const T* __restrict__ X, int64_t x0, int64_t nx, const T* __restrict__ Y,
-                                           int64_t y0, int64_t ny, int64_t dim, const T* __restrict__ w,
-                                           A (*sA)[KC + 1], A (*sB)[KC + 1], A* sW, A (&s)[C / 8]) {
+// Shared memory of a generic kernel's tile (R = kRows rows x C columns, features in KC chunks,
+// OC output columns).
+template <class A, int C, int KC, int OC>
+struct TileSmem {
+  A a[kRows][KC + 1];  // the rows' feature chunk
+  A b[C][KC + 1];      // the columns' feature chunk
+  A w[KC];             // per-feature weights of the chunk (weighted terms)
+  A p[kRows][C + 1];   // the tile's weights (forward) or dS (backward)
+  A v[C][OC];          // staged rows of values or features (stage_rows)
+};
+
+// The tile a family policy scores: rows [r0, r0 + kRows) of nr, columns [c0, c0 + C) of nc, in
+// batch b. Rows are queries and columns keys (forward, dq), or the other way round (dk / dv).
+struct Tile {
+  int64_t b, r0, nr, c0, nc;
+};
+
+// The contraction of both families: s[i] (row r = t / 8, column c8 + 8 i) = sum over d < dim of
+// term(X[x0 + r, d], Y[y0 + c, d]), times w_d when Term::kWeighted. X (nx, dim) and Y (ny, dim)
+// are row-major (the batch's base pointers); rows out of range read 0, and so do w past dim.
+// Block-wide: every thread of the block must call it (it synchronises).
+template <class Term, class T, class A, int C, int KC, int OC>
+__device__ __forceinline__ void contract_tile(const T* __restrict__ X, int64_t x0, int64_t nx,
+                                              const T* __restrict__ Y, int64_t y0, int64_t ny, int64_t dim,
+                                              const T* __restrict__ w, TileSmem<A, C, KC, OC>& sm, A (&s)[C / 8],
+                                              Term term) {
   const int t = threadIdx.x, r = t >> 3, c8 = t & 7;
 #pragma unroll
   for (int i = 0; i < C / 8; ++i) s[i] = A(0);
@@ -134,32 +119,56 @@ __device__ __forceinline__ void score_tile(const T* __restrict__ X, int64_t x0, 
     for (int idx = t; idx < kRows * KC; idx += kThreads) {
       const int rr = idx / KC, kk = idx % KC;
       const int64_t row = x0 + rr, col = k0 + kk;
-      sA[rr][kk] = (row < nx && col < dim) ? static_cast<A>(X[row * dim + col]) : A(0);
+      sm.a[rr][kk] = (row < nx && col < dim) ? static_cast<A>(X[row * dim + col]) : A(0);
     }
     for (int idx = t; idx < C * KC; idx += kThreads) {
       const int rr = idx / KC, kk = idx % KC;
       const int64_t row = y0 + rr, col = k0 + kk;
-      sB[rr][kk] = (row < ny && col < dim) ? static_cast<A>(Y[row * dim + col]) : A(0);
+      sm.b[rr][kk] = (row < ny && col < dim) ? static_cast<A>(Y[row * dim + col]) : A(0);
     }
-    if (ADD && t < KC) sW[t] = (k0 + t < dim) ? static_cast<A>(w[k0 + t]) : A(0);
+    if (Term::kWeighted && t < KC) sm.w[t] = (k0 + t < dim) ? static_cast<A>(w[k0 + t]) : A(0);
     __syncthreads();
 #pragma unroll 4
     for (int kk = 0; kk < KC; ++kk) {
-      const A a = sA[r][kk];
-      if (ADD) {
-        const A wk = sW[kk];
+      const A a = sm.a[r][kk];
+      if constexpr (Term::kWeighted) {
+        const A wk = sm.w[kk];
 #pragma unroll
-        for (int i = 0; i < C / 8; ++i) s[i] += wk * tanh_acc<T>(a + sB[c8 + 8 * i][kk]);
+        for (int i = 0; i < C / 8; ++i) s[i] += wk * term(a, sm.b[c8 + 8 * i][kk]);
       } else {
 #pragma unroll
-        for (int i = 0; i < C / 8; ++i) s[i] += a * sB[c8 + 8 * i][kk];
+        for (int i = 0; i < C / 8; ++i) s[i] += term(a, sm.b[c8 + 8 * i][kk]);
       }
     }
     __syncthreads();
   }
 }
 
+// The contraction of a family tile: rows queries x and columns keys y, or (KEY_ROWS) the other way
+// round; x (B, Nq, dim) and y (B, Nk, dim) are the family's features, w its weights (or nullptr).
+template <bool KEY_ROWS, class Term, class T, class A, int C, int KC, int OC>
+__device__ __forceinline__ void contract_family_tile(const T* x, const T* y, int64_t dim, const T* w, const Tile& tl,
+                                                     TileSmem<A, C, KC, OC>& sm, A (&s)[C / 8], Term term) {
+  const int64_t Nq = KEY_ROWS ? tl.nc : tl.nr, Nk = KEY_ROWS ? tl.nr : tl.nc;
+  const T* X = x + tl.b * Nq * dim;
+  const T* Y = y + tl.b * Nk * dim;
+  if (KEY_ROWS)
+    contract_tile(Y, tl.r0, Nk, X, tl.c0, Nq, dim, w, sm, s, term);
+  else
+    contract_tile(X, tl.r0, Nq, Y, tl.c0, Nk, dim, w, sm, s, term);
+}
+
+// x . y (the bilinear family's term, and dO . v in the backward).
+struct DotTerm {
+  static constexpr bool kWeighted = false;
+  template <class A>
+  __device__ __forceinline__ A operator()(A x, A y) const {
+    return x * y;
+  }
+};
+
 // sX[c][o] = X[x0 + c, o0 + o] for c < C, o < OC (0 outside); X is (nx, dim) row-major.
+// (Block-wide; the caller synchronises before reading sX.)
 template <class T, class A, int C, int OC>
 __device__ __forceinline__ void stage_rows(const T* __restrict__ X, int64_t x0, int64_t nx, int64_t dim, int64_t o0,
                                            A (*sX)[OC]) {
@@ -171,6 +180,73 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ X, int64_t x0, 
 }
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// --- the prologue of the kernels whose rows are queries (forward, dq, tensor-core forward) ---
+
+// Query i of batch b: its valid key range and mask row; {0, 0} and nullptr past Nq.
+__device__ __forceinline__ KeyRange query_row(const MaskParams& mp, int64_t b, int64_t i, const bool*& mrow) {
+  mrow = nullptr;
+  if (i >= mp.Nq) return KeyRange{0, 0};
+  mrow = mask_row(mp, b, i);
+  return row_range(mp, b, i);
+}
+
+// A generic kernel's thread on a query tile: block (b, query tile) x grid.z (output chunk oc0,
+// OC columns wide); thread t has row r = t / 8 (query i) and lane c8 = t % 8.
+struct QueryThread {
+  int t, r, c8;
+  int64_t b, q0, oc0, i;
+  KeyRange kr;  // query i's valid keys
+  const bool* mrow;
+};
+
+template <int OC>
+__device__ __forceinline__ QueryThread query_thread(const MaskParams& mp) {
+  QueryThread q;
+  q.t = threadIdx.x;
+  q.r = q.t >> 3;
+  q.c8 = q.t & 7;
+  const int64_t nQT = ceil_div(mp.Nq, kRows);
+  q.b = blockIdx.x / nQT;
+  q.q0 = (blockIdx.x % nQT) * kRows;
+  q.oc0 = static_cast<int64_t>(blockIdx.z) * OC;
+  q.i = q.q0 + q.r;
+  q.kr = query_row(mp, q.b, q.i, q.mrow);
+  return q;
+}
+
+// The keys a block of N rows visits: the union [lo, hi) of the rows' non-empty ranges, and their
+// intersection [all_lo, all_hi) (empty rows included: then it is empty).
+struct KeySpan {
+  int64_t lo, hi, all_lo, all_hi;
+};
+
+// Every thread reads the rows' ranges sLo[r], sHi[r] (r < N), written before a __syncthreads.
+template <int N>
+__device__ __forceinline__ KeySpan key_span(const int64_t* sLo, const int64_t* sHi, int64_t Nk) {
+  KeySpan s{Nk, 0, 0, Nk};
+  for (int rr = 0; rr < N; ++rr) {
+    if (sHi[rr] > sLo[rr]) {
+      s.lo = min(s.lo, sLo[rr]);
+      s.hi = max(s.hi, sHi[rr]);
+    }
+    s.all_lo = max(s.all_lo, sLo[rr]);
+    s.all_hi = min(s.all_hi, sHi[rr]);
+  }
+  return s;
+}
+
+// Row r's range from its leader thread into shared memory, then the block's key span (block-wide).
+template <int N>
+__device__ __forceinline__ KeySpan publish_rows(KeyRange kr, int r, bool leader, int64_t* sLo, int64_t* sHi,
+                                                int64_t Nk) {
+  if (leader) {
+    sLo[r] = kr.lo;
+    sHi[r] = kr.hi;
+  }
+  __syncthreads();
+  return key_span<N>(sLo, sHi, Nk);
+}
 
 // D_i = dO_i . o_i - grad_lse_i (one warp per row).
 template <class T, class A>
@@ -188,7 +264,7 @@ __global__ void delta_kernel(const T* __restrict__ dout, const T* __restrict__ o
 }
 
 template <class T>
-void launch_delta(const at::Tensor& dout, const at::Tensor& o, const c10::optional<at::Tensor>& glse,
+void launch_delta(const at::Tensor& dout, const at::Tensor& o, const OptTensor& glse,
                   at::Tensor& delta) {
   using A = typename AccOf<T>::type;
   const int64_t rows = delta.numel();

@@ -1,17 +1,16 @@
 // Block drivers of the fused CPU attention kernels, shared by both score families.
 //
-// A "scorer" supplies the family-specific parts on a (query block x key block):
-//   scores(b, i0, nq, j0, nk, S, ldS, ra, re): raw scores S[r][j] of query i0+r, key j0+j
-//       (only columns [ra[r], re[r]) are used; others may hold anything);
-//   grads(b, i0, nq, j0, nk, dS, ldS, ra, re, acc): accumulate the input gradients from
-//       dS = d loss / d S (zero outside each row's valid keys and for j >= nk up to kBK).
+// A "scorer" (the family policy: bilinear_scorer.h, additive_scorer.h; the CUDA tile policies
+// in cuda/bilinear_tile.cuh, cuda/additive_tile.cuh have the same two methods) supplies the
+// family-specific parts on a ScoreBlock (query block x key block):
+//   score(blk, S, ldS): raw scores S[r][j] of query i0+r, key j0+j (only columns
+//       [ra[r], re[r]) are used; others may hold anything);
+//   dscore(blk, dS, ldS, acc): accumulate the input gradients from dS = d loss / d S
+//       (zero outside each row's valid keys and for j >= nk up to kBK).
 // The drivers handle masks, the online softmax / arg-max, P.V, dV and dS, in the
 // accumulation type T (float or double); inputs are contiguous T tensors.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,32 +21,13 @@
 #include "cpu/acc_spec.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
-
-// at::parallel_for is header-inline OpenMP: setup.py compiles the extension with -fopenmp
-// (Linux, GCC) so that it joins torch's OpenMP team; without it the kernels run serially.
-#if !defined(_OPENMP)
-#pragma message("attnzoo: compiled without OpenMP; the CPU kernels run single-threaded")
-#endif
+#include "cpu/parallel.h"
+#include "cpu/vec_math.h"
 
 namespace attnzoo::cpu {
 // Everything below uses at::vec and is compiled once per ISA (additive_avx512.cpp): the
 // per-ISA inline namespace keeps the copies apart (no ODR clash between translation units).
 inline namespace ATTNZOO_ISA {
-
-using at::vec::Vectorized;
-
-// f(begin, end) over contiguous chunks of the tasks [0, n) on torch's intra-op threads
-// (at::parallel_for: one chunk per thread, at::get_thread_num() < max_threads() inside f;
-// MKL called from f runs single-threaded as the region is already parallel). `work` is the
-// cost of one task in scores: tasks are grouped so that each chunk has at least
-// at::internal::GRAIN_SIZE scores, so small problems stay on the calling thread.
-template <typename F>
-void parallel_tasks(int64_t n, int64_t work, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work, 1));
-  at::parallel_for(0, n, grain, f);
-}
-
-inline int max_threads() { return std::max(1, at::get_num_threads()); }
 
 // Default block sizes (the additive scorer's buffers assume them).
 constexpr int64_t kBQ = 64;   // queries per task block
@@ -57,80 +37,12 @@ struct Blocks {
   int64_t bq = kBQ, bk = kBK;  // bk: multiple of 4 vectors
 };
 
-inline Vectorized<float> vexp(Vectorized<float> x) { return x.exp_u20(); }
-inline Vectorized<double> vexp(Vectorized<double> x) { return x.exp(); }
-
-template <typename T>
-inline void vfill(T* x, int64_t n, T val) {
-  std::fill(x, x + std::max<int64_t>(n, 0), val);
-}
-
-template <typename T>
-inline void vscale(T* x, int64_t n, T a) {
-  using V = Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= n; j += V::size()) (V::loadu(x + j) * V(a)).store(x + j);
-  for (; j < n; ++j) x[j] *= a;
-}
-
-template <typename T>
-inline void vadd(T* x, const T* y, int64_t n) {
-  using V = Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= n; j += V::size()) (V::loadu(x + j) + V::loadu(y + j)).store(x + j);
-  for (; j < n; ++j) x[j] += y[j];
-}
-
-template <typename T>
-inline T vmax(const T* x, int64_t n) {
-  using V = Vectorized<T>;
-  T m = -std::numeric_limits<T>::infinity();
-  int64_t j = 0;
-  if (n >= V::size()) {
-    V mv = V::loadu(x);
-    for (j = V::size(); j + V::size() <= n; j += V::size()) mv = at::vec::maximum(mv, V::loadu(x + j));
-    m = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, mv);
-  }
-  for (; j < n; ++j) m = std::max(m, x[j]);
-  return m;
-}
-
-template <typename T>
-inline T vdot(const T* x, const T* y, int64_t n) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  int64_t j = 0;
-  for (; j + V::size() <= n; j += V::size()) acc = at::vec::fmadd(V::loadu(x + j), V::loadu(y + j), acc);
-  T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-  for (; j < n; ++j) s += x[j] * y[j];
-  return s;
-}
-
-// x = exp(x - m) in place (x may hold -inf), returns the sum.
-template <typename T>
-inline T exp_sub_sum(T* x, int64_t n, T m) {
-  using V = Vectorized<T>;
-  V acc(T(0)), mv(m);
-  const V ninf(-std::numeric_limits<T>::infinity());
-  int64_t j = 0;
-  for (; j + V::size() <= n; j += V::size()) {
-    const V xv = V::loadu(x + j);
-    // exp_u20 is not guaranteed to give 0 at -inf: select explicitly.
-    const V e = V::blendv(vexp(xv - mv), V(T(0)), xv == ninf);
-    e.store(x + j);
-    acc = acc + e;
-  }
-  T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-  for (; j < n; ++j) {
-    x[j] = std::exp(x[j] - m);
-    s += x[j];
-  }
-  return s;
-}
-
-// Order of query blocks inside one batch: pairs cheap/expensive blocks (causal) so that
-// parallel_tasks' contiguous chunks get similar work.
-inline int64_t balanced(int64_t t, int64_t n) { return (t % 2 == 0) ? t / 2 : n - 1 - t / 2; }
+// A (query block x key block) of batch b: queries i0 + r (r < nq), keys j0 + j (j < nk); row r's
+// valid keys (masks aside) are the columns [ra[r], re[r]).
+struct ScoreBlock {
+  int64_t b, i0, nq, j0, nk;
+  const int64_t *ra, *re;
+};
 
 // Valid key ranges of rows i0..i0+nq; returns the union [klo, khi) (klo >= khi: none).
 inline void block_rows(const MaskParams& mp, int64_t b, int64_t i0, int64_t nq, int64_t* lo, int64_t* hi,
@@ -158,7 +70,7 @@ inline void score_block(Scorer& scorer, int64_t b, int64_t i0, int64_t nq, int64
     ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
     re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
   }
-  if (!avg) scorer.scores(b, i0, nq, j0, nk, S, bk, ra.data(), re.data());
+  if (!avg) scorer.score(ScoreBlock{b, i0, nq, j0, nk, ra.data(), re.data()}, S, bk);
 }
 
 // Raw scores of one row -> masked scores in [a, e): -inf where mask is false, 0 for average pooling.
@@ -255,7 +167,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, T* ou
   });
 }
 
-// Accumulates dv into accs[0] (B, Nk, Dv); scorer.grads gets the other accumulators
+// Accumulates dv into accs[0] (B, Nk, Dv); scorer.dscore gets the other accumulators
 // (pointer i = accs[i]'s base for this thread). o_delta: out (soft_out for hard pooling).
 template <typename T, typename MakeScorer>
 void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const T* dout, const T* lse, const int64_t* argmax,
@@ -320,7 +232,7 @@ void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, cons
         for (; j < nk; ++j) d[j] = p[j] * (d[j] - delta[r]);
         vfill(d + nk, bk - nk, T(0));
       }
-      scorer.grads(b, i0, nq, j0, nk, dP.data(), bk, ra.data(), re.data(), acc);
+      scorer.dscore(ScoreBlock{b, i0, nq, j0, nk, ra.data(), re.data()}, dP.data(), bk, acc);
     }
     if (hard)
       for (int64_t r = 0; r < nq; ++r) {

@@ -15,10 +15,13 @@
 // smallest index among the lanes holding the overall max is the first argmax (as torch.argmax).
 #pragma once
 #include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
 
 #include <type_traits>
 
-#include "cpu/attn_cpu.h"
+#include "common/params.h"
+#include "cpu/parallel.h"
+#include "cpu/vec_math.h"
 
 namespace attnzoo::cpu {
 
@@ -49,37 +52,6 @@ struct SmallDArgs {
   T *out, *lse, *soft_out;  // out (B, Nq, Dv); soft_out: hard pooling only
   int64_t* argmax;          // hard pooling only
 };
-
-// exp(x) for x <= 88; x < -87.3 (and -inf) give <= 1.2e-38 instead of 0, i.e. nothing next to
-// the >= 1 term of the running max: Cephes' expf polynomial, ~1 ulp; cheaper than exp_u20 as it
-// needs no range masks. Double uses Sleef's exp (u10).
-inline Vectorized<float> exp_small(Vectorized<float> x) {
-#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
-  __m256 v = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // NaN (second operand) propagates
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  v = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
-  v = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), v);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(v, v), _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-#else
-  return x.exp_u20();
-#endif
-}
-inline Vectorized<double> exp_small(Vectorized<double> x) { return x.exp(); }
-
-// Whether some lane of a is > b.
-template <typename T>
-inline bool any_gt(Vectorized<T> a, Vectorized<T> b) {
-  return (a > b).zero_mask() != (1 << Vectorized<T>::size()) - 1;
-}
 
 // Rows i0 .. i0+nr-1 (nr <= R) of batch b. Rows past nr repeat the last one (not written).
 template <typename T, int R, int DP, int DVP, int64_t POOL>

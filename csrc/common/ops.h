@@ -1,0 +1,31 @@
+// The C++ entry points of the attnzoo ops, declared once for both devices: cpu/ops_cpu.h and
+// cuda/ops_cuda.h expand ATTNZOO_OP_DECLARATIONS in attnzoo::cpu and attnzoo::cuda, and
+// register_cpu.cpp / register_cuda.cpp register them with ATTNZOO_OP_REGISTRATIONS.
+// The schemas (csrc/ops_schema.cpp, mirrored by attnzoo/ops/schemas.py) say what each argument
+// means. Errors name the op as "attnzoo.<op>: ..." on both devices.
+#pragma once
+#include "common/tensors.h"
+
+#define ATTNZOO_OP_DECLARATIONS                                                                                     \
+  Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
+                       double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling,          \
+                       bool causal, int64_t window);                                                               \
+  Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
+                       const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,          \
+                       const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,           \
+                       int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,     \
+                       const at::Tensor& soft_out);                                                                \
+  Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,         \
+                       const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,           \
+                       int64_t window);                                                                            \
+  Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,                 \
+                       const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, const OptTensor& valid_lens, \
+                       const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out, \
+                       const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out);
+
+// Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
+#define ATTNZOO_OP_REGISTRATIONS(m, ns)      \
+  m.impl("bilinear_fwd", &ns::bilinear_fwd); \
+  m.impl("bilinear_bwd", &ns::bilinear_bwd); \
+  m.impl("additive_fwd", &ns::additive_fwd); \
+  m.impl("additive_bwd", &ns::additive_bwd)

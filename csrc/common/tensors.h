@@ -1,0 +1,35 @@
+// Tensor types and dtype facts shared by the CPU and CUDA entry points (host code).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+#include "common/params.h"
+
+namespace attnzoo {
+
+using OptTensor = c10::optional<at::Tensor>;
+using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Accumulation dtype of the kernels (and the dtype of lse): float64 stays, everything else is float32.
+inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+inline OptTensor contiguous_opt(const OptTensor& t) {
+  return t.has_value() ? OptTensor(t->contiguous()) : OptTensor();
+}
+
+// The forward's outputs for per-query inputs x (B, Nq, .): out (B, Nq, Dv) in out_dtype, lse
+// (B, Nq) in the accumulation dtype; for hard pooling argmax (B, Nq) and soft_out (B, Nq, Dv) in
+// out_dtype, else empty tensors (int64 and x's dtype).
+inline Tensor4 empty_fwd_outputs(const at::Tensor& x, int64_t Dv, int64_t pooling, at::ScalarType out_dtype) {
+  const int64_t B = x.size(0), Nq = x.size(1);
+  const bool hard = pooling == kHard;
+  const auto o = x.options().dtype(out_dtype), lopt = x.options().dtype(at::kLong);
+  return {at::empty({B, Nq, Dv}, o), at::empty({B, Nq}, x.options().dtype(acc_type(x.scalar_type()))),
+          hard ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt),
+          hard ? at::empty({B, Nq, Dv}, o) : at::empty({0}, x.options())};
+}
+
+}  // namespace attnzoo

@@ -1,0 +1,121 @@
+// Vector math of the CPU kernels on at::vec (compiled once per ISA, see isa.h): fills, scaling,
+// sums, max, dot, exp variants. Every function is elementwise or reduces in a fixed order.
+#pragma once
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/isa.h"
+
+namespace attnzoo::cpu {
+inline namespace ATTNZOO_ISA {
+
+using at::vec::Vectorized;
+
+inline Vectorized<float> vexp(Vectorized<float> x) { return x.exp_u20(); }
+inline Vectorized<double> vexp(Vectorized<double> x) { return x.exp(); }
+
+template <typename T>
+inline void vfill(T* x, int64_t n, T val) {
+  std::fill(x, x + std::max<int64_t>(n, 0), val);
+}
+
+template <typename T>
+inline void vscale(T* x, int64_t n, T a) {
+  using V = Vectorized<T>;
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) (V::loadu(x + j) * V(a)).store(x + j);
+  for (; j < n; ++j) x[j] *= a;
+}
+
+template <typename T>
+inline void vadd(T* x, const T* y, int64_t n) {
+  using V = Vectorized<T>;
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) (V::loadu(x + j) + V::loadu(y + j)).store(x + j);
+  for (; j < n; ++j) x[j] += y[j];
+}
+
+template <typename T>
+inline T vmax(const T* x, int64_t n) {
+  using V = Vectorized<T>;
+  T m = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  if (n >= V::size()) {
+    V mv = V::loadu(x);
+    for (j = V::size(); j + V::size() <= n; j += V::size()) mv = at::vec::maximum(mv, V::loadu(x + j));
+    m = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, mv);
+  }
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+template <typename T>
+inline T vdot(const T* x, const T* y, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) acc = at::vec::fmadd(V::loadu(x + j), V::loadu(y + j), acc);
+  T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+  for (; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+
+// x = exp(x - m) in place (x may hold -inf), returns the sum.
+template <typename T>
+inline T exp_sub_sum(T* x, int64_t n, T m) {
+  using V = Vectorized<T>;
+  V acc(T(0)), mv(m);
+  const V ninf(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    const V xv = V::loadu(x + j);
+    // exp_u20 is not guaranteed to give 0 at -inf: select explicitly.
+    const V e = V::blendv(vexp(xv - mv), V(T(0)), xv == ninf);
+    e.store(x + j);
+    acc = acc + e;
+  }
+  T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+  for (; j < n; ++j) {
+    x[j] = std::exp(x[j] - m);
+    s += x[j];
+  }
+  return s;
+}
+
+// exp(x) for x <= 88; x < -87.3 (and -inf) give <= 1.2e-38 instead of 0, i.e. nothing next to
+// the >= 1 term of the running max: Cephes' expf polynomial, ~1 ulp; cheaper than exp_u20 as it
+// needs no range masks. Double uses Sleef's exp (u10).
+inline Vectorized<float> exp_small(Vectorized<float> x) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+  __m256 v = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // NaN (second operand) propagates
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
+  v = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), v);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(v, v), _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+#else
+  return x.exp_u20();
+#endif
+}
+inline Vectorized<double> exp_small(Vectorized<double> x) { return x.exp(); }
+
+// Whether some lane of a is > b.
+template <typename T>
+inline bool any_gt(Vectorized<T> a, Vectorized<T> b) {
+  return (a > b).zero_mask() != (1 << Vectorized<T>::size()) - 1;
+}
+
+}  // namespace ATTNZOO_ISA
+}  // namespace attnzoo::cpu

@@ -1,0 +1,259 @@
+// Generic (CUDA-core) fused backward, for any family tile policy (bilinear_tile.cuh,
+// additive_tile.cuh), recomputing the probabilities from the saved lse (no atomics,
+// deterministic):
+//   * dq_kernel  : rows = queries, loops over key tiles  -> dq (bilinear) / da (additive)
+//   * dkv_kernel : rows = keys,    loops over query tiles -> dk / db (and the family's own
+//                  outputs: dkey_bias / dw partials) and dv; grid.z walks OC-column chunks of [dk | dv].
+// ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i with o = soft_out for hard
+// pooling (straight-through); dv uses p (soft), the one-hot of argmax (hard) or 1/count
+// (average, where ds = 0 and dq = dk = 0).
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace attnzoo {
+namespace cuda {
+
+template <class Family, class T, class A>
+struct BwdParams {
+  Family fam;  // the score family's tile policy (with its inputs and its own outputs)
+  const T* v;  // (B, Nk, Dv)
+  int64_t B, Nq, Nk, D, Dv;
+  MaskParams mp;
+  const T* dout;          // (B, Nq, Dv)
+  const A* lse;           // (B, Nq)
+  const A* delta;         // (B, Nq) D_i (nullptr for average)
+  const int64_t* argmax;  // (B, Nq) hard only
+  T* dx;                  // dq / da (B, Nq, D)
+  T* dy;                  // dk / db (B, Nk, D)
+  T* dv;                  // (B, Nk, Dv)
+  int z_begin;            // first chunk of [dk | dv] handled by this launch
+};
+
+// Key tiles of the dk / dv kernel (the additive family's dw partials are per key tile).
+__host__ __device__ __forceinline__ int64_t key_tiles(int64_t Nk) { return ceil_div(Nk, kRows); }
+
+template <class Family, class T, class A>
+__global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T, A> p) {
+  constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8;
+  __shared__ TileSmem<A, C, KC, OC> sm;
+  __shared__ int64_t sLo[R], sHi[R];
+
+  const MaskParams& mp = p.mp;
+  const QueryThread qt = query_thread<OC>(mp);
+  const int r = qt.r, c8 = qt.c8;
+  const int64_t b = qt.b, q0 = qt.q0, oc0 = qt.oc0, i = qt.i;
+  KeyRange kr = qt.kr;
+  const bool* mrow = qt.mrow;
+  A lse_i = 0, d_i = 0;
+  if (i < p.Nq) {
+    lse_i = p.lse[b * p.Nq + i];
+    d_i = p.delta[b * p.Nq + i];
+    if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
+  }
+  const KeySpan span = publish_rows<R>(kr, r, c8 == 0, sLo, sHi, p.Nk);
+
+  const T* V = p.v + b * p.Nk * p.Dv;
+  const T* DO = p.dout + b * p.Nq * p.Dv;
+  const T* Y = p.fam.y + b * p.Nk * p.D;  // the keys' features, staged for dscore
+  const Tile tile0{b, q0, p.Nq, 0, p.Nk};
+
+  typename Family::template Grad<OC / 8> g;
+  p.fam.template dscore_begin<false>(g, tile0, oc0);
+
+  for (int64_t j0 = (span.lo / C) * C; j0 < span.hi; j0 += C) {
+    const Tile tile{b, q0, p.Nq, j0, p.Nk};
+    A s[NI], dp[NI];
+    p.fam.template score<false>(tile, sm, s);
+    contract_tile(DO, q0, p.Nq, V, j0, p.Nk, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
+#pragma unroll
+    for (int ii = 0; ii < NI; ++ii) {
+      const int64_t j = j0 + c8 + 8 * ii;
+      A ds = 0;
+      if (j >= kr.lo && j < kr.hi && mask_ok(mp, mrow, j)) ds = dexp(s[ii] - lse_i) * (dp[ii] - d_i);
+      sm.p[r][c8 + 8 * ii] = ds;
+    }
+    stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, oc0, sm.v);
+    __syncthreads();
+    p.fam.template dscore<false>(g, sm);
+    __syncthreads();
+  }
+  p.fam.template dscore_store<false>(g, tile0, oc0, blockIdx.z == 0, p.dx, sm);
+}
+
+template <class Family, class T, class A>
+__global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T, A> p) {
+  constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8, NO = OC / 8;
+  __shared__ TileSmem<A, C, KC, OC> sm;
+  __shared__ int64_t sLo[C], sHi[C], sArg[C];
+  __shared__ A sLse[C], sDelta[C];
+
+  const int t = threadIdx.x, r = t >> 3, c8 = t & 7;
+  const int64_t nKT = key_tiles(p.Nk);
+  const int64_t b = blockIdx.x / nKT, kt = blockIdx.x % nKT, k0 = kt * R;
+  const int64_t j = k0 + r;  // this thread's key
+  const MaskParams& mp = p.mp;
+  const int pooling = static_cast<int>(mp.pooling);
+  const int64_t nzk = max(int64_t(1), ceil_div(p.D, OC));  // chunks of dk (>= 1: dkey_bias lives in chunk 0)
+  const int64_t z = static_cast<int64_t>(blockIdx.z) + p.z_begin;
+  const bool is_dk = z < nzk;
+  const int64_t oc0 = (is_dk ? z : z - nzk) * OC;
+  const bool need_s = pooling != kAverage && (is_dk || pooling == kSoft);
+
+  // Queries that can see a key of [k0, k0 + R).
+  int64_t qlo = 0, qhi = p.Nq;
+  if (mp.causal) qlo = max(qlo, k0);
+  if (mp.window >= 0) {
+    qlo = max(qlo, k0 - mp.window);
+    qhi = min(qhi, k0 + R - 1 + mp.window + 1);
+  }
+
+  const T* X = p.fam.x + b * p.Nq * p.D;  // the queries' features, staged for dscore
+  const T* V = p.v + b * p.Nk * p.Dv;
+  const T* DO = p.dout + b * p.Nq * p.Dv;
+  const Tile tile0{b, k0, p.Nk, 0, p.Nq};
+
+  typename Family::template Grad<OC / 8> g;
+  if (is_dk) p.fam.template dscore_begin<true>(g, tile0, oc0);
+  A gv[NO];  // dv chunk
+#pragma unroll
+  for (int io = 0; io < NO; ++io) gv[io] = 0;
+
+  for (int64_t q0 = (qlo / C) * C; q0 < qhi; q0 += C) {
+    const Tile tile{b, k0, p.Nk, q0, p.Nq};
+    if (t < C) {
+      const int64_t i = q0 + t;
+      KeyRange kr{0, 0};
+      A lse_i = 0, d_i = 0;
+      int64_t a_i = -1;
+      if (i < p.Nq) {
+        kr = row_range(mp, b, i);
+        lse_i = p.lse[b * p.Nq + i];
+        if (p.delta) d_i = p.delta[b * p.Nq + i];
+        if (pooling == kHard) a_i = p.argmax[b * p.Nq + i];
+        if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
+      }
+      sLo[t] = kr.lo;
+      sHi[t] = kr.hi;
+      sLse[t] = lse_i;
+      sDelta[t] = d_i;
+      sArg[t] = a_i;
+    }
+    // (score / contract_tile synchronise before anyone reads the row info; when they are
+    //  skipped the __syncthreads below does.)
+    A s[NI], dp[NI];
+    if (need_s) {
+      p.fam.template score<true>(tile, sm, s);
+    } else {
+#pragma unroll
+      for (int ii = 0; ii < NI; ++ii) s[ii] = 0;
+    }
+    if (is_dk) {
+      contract_tile(V, k0, p.Nk, DO, q0, p.Nq, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
+    } else {
+#pragma unroll
+      for (int ii = 0; ii < NI; ++ii) dp[ii] = 0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ii = 0; ii < NI; ++ii) {
+      const int ci = c8 + 8 * ii;
+      const int64_t i = q0 + ci;
+      const bool ok = j >= sLo[ci] && j < sHi[ci] && mask_ok(mp, mask_row(mp, b, i), j);
+      A val = 0;
+      if (is_dk) {
+        if (ok) val = dexp(s[ii] - sLse[ci]) * (dp[ii] - sDelta[ci]);
+      } else if (pooling == kHard) {
+        val = sArg[ci] == j ? A(1) : A(0);
+      } else if (ok) {
+        val = dexp((pooling == kAverage ? A(0) : s[ii]) - sLse[ci]);
+      }
+      sm.p[r][ci] = val;
+    }
+    if (is_dk)
+      stage_rows<T, A, C, OC>(X, q0, p.Nq, p.D, oc0, sm.v);
+    else
+      stage_rows<T, A, C, OC>(DO, q0, p.Nq, p.Dv, oc0, sm.v);
+    __syncthreads();
+    if (is_dk) {
+      p.fam.template dscore<true>(g, sm);
+    } else {
+#pragma unroll 4
+      for (int c = 0; c < C; ++c) {
+        const A d = sm.p[r][c];
+#pragma unroll
+        for (int io = 0; io < NO; ++io) gv[io] += d * sm.v[c][c8 + 8 * io];
+      }
+    }
+    __syncthreads();
+  }
+
+  if (is_dk) {  // (uniform over the block)
+    p.fam.template dscore_store<true>(g, tile0, oc0, z == 0, p.dy, sm);
+    return;
+  }
+  if (j >= p.Nk) return;
+#pragma unroll
+  for (int io = 0; io < NO; ++io) {
+    const int64_t col = oc0 + c8 + 8 * io;
+    if (col < p.Dv) p.dv[(b * p.Nk + j) * p.Dv + col] = static_cast<T>(gv[io]);
+  }
+}
+
+// Runs the generic backward of family policy `fam` (its inputs contiguous; its own outputs
+// zero-initialised) into the zero-initialised dx, dy, dv. grad_out, v and o_for_delta (out, or
+// soft_out for hard pooling) must be contiguous; grad_lse any layout. Call inside a dtype
+// dispatch (T = scalar_t).
+template <class Family, class T>
+void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& v,
+                 const MaskParams& mp, const at::Tensor& o_for_delta, const at::Tensor& lse, const at::Tensor& argmax,
+                 at::Tensor& dx, at::Tensor& dy, at::Tensor& dv) {
+  using A = typename AccOf<T>::type;
+  constexpr int OC = Cfg<A>::OC;
+  const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk, D = fam.D, Dv = v.size(2);
+  if (B * Nq == 0 || B * Nk == 0) return;
+  const int pooling = static_cast<int>(mp.pooling);
+  at::Tensor delta;
+  if (pooling != kAverage) {
+    delta = at::empty({B, Nq}, v.options().dtype(acc_type(v.scalar_type())));
+    launch_delta<T>(grad_out, o_for_delta, grad_lse, delta);
+  }
+  const int64_t nKT = key_tiles(Nk), nQT = ceil_div(Nq, kRows);
+  const auto lse_c = lse.contiguous();
+  const auto arg_c = pooling == kHard ? argmax.contiguous() : argmax;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  BwdParams<Family, T, A> p{fam};
+  p.v = v.const_data_ptr<T>();
+  p.B = B;
+  p.Nq = Nq;
+  p.Nk = Nk;
+  p.D = D;
+  p.Dv = Dv;
+  p.mp = mp;
+  p.dout = grad_out.const_data_ptr<T>();
+  p.lse = lse_c.const_data_ptr<A>();
+  p.delta = pooling != kAverage ? delta.const_data_ptr<A>() : nullptr;
+  p.argmax = pooling == kHard ? arg_c.const_data_ptr<int64_t>() : nullptr;
+  p.dx = dx.mutable_data_ptr<T>();
+  p.dy = dy.mutable_data_ptr<T>();
+  p.dv = dv.mutable_data_ptr<T>();
+  const int64_t nzk = std::max<int64_t>(1, ceil_div(D, OC)), nzv = ceil_div(Dv, OC);
+  TORCH_CHECK(B * std::max(nQT, nKT) < (int64_t(1) << 31) && nzk + nzv < 65536,
+              "attnzoo: problem too large for the CUDA grid");
+  if (pooling != kAverage && D > 0) {  // dq / da
+    dim3 grid(static_cast<unsigned>(B * nQT), 1, static_cast<unsigned>(nzk));
+    dq_kernel<Family, T, A><<<grid, kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  // dk / db chunks (not for average: ds = 0) then dv chunks.
+  p.z_begin = pooling == kAverage ? static_cast<int>(nzk) : 0;
+  const int64_t nz = nzk + nzv - p.z_begin;
+  if (nz > 0) {
+    dim3 grid(static_cast<unsigned>(B * nKT), 1, static_cast<unsigned>(nz));
+    dkv_kernel<Family, T, A><<<grid, kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace cuda
+}  // namespace attnzoo
