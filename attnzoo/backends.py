@@ -16,8 +16,9 @@ from .pooling import masked_softmax, pool, straight_through
 from .scoring import Additive, Bilinear
 
 BACKENDS = ("auto", "fused", "reference")
-_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),
-                    "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+# device -> dtypes the extension's kernels were compiled for, as it reports them
+_COMPILED_DTYPES = {dev: tuple(getattr(torch, n) for n in names)
+                    for dev, names in ops.build_info().get("dtypes", {}).items()}
 
 
 def check_backend(backend: str) -> str:
