@@ -43,7 +43,7 @@
 #include <vector>
 
 #include "common/params.h"
-#include "cpu/acc_spec.h"
+#include "cpu/kernel_args.h"
 #include "cpu/additive_kernels.h"
 
 // (at::vec must not be included above: its AVX-512 code would fail to compile without the target.)

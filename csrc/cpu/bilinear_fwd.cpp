@@ -19,11 +19,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
   const auto kba = to_acc(key_bias);
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
-  const bool hard = pooling == kHard;
-  auto out = at::empty({B, Nq, Dv}, qa.options());
-  auto lse = at::empty({B, Nq}, qa.options());
-  auto argmax = hard ? at::empty({B, Nq}, q.options().dtype(at::kLong)) : at::empty({0}, q.options().dtype(at::kLong));
-  auto soft_out = hard ? at::empty({B, Nq, Dv}, qa.options()) : at::empty({0}, q.options());
+  const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     if (small_d_supported<scalar_t>(D, Dv, Nk, pooling)) {
       // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
@@ -43,19 +39,16 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                                       Dv,
                                       Nkp,
                                       static_cast<scalar_t>(scale),
-                                      out.data_ptr<scalar_t>(),
-                                      lse.data_ptr<scalar_t>(),
-                                      hard ? soft_out.data_ptr<scalar_t>() : nullptr,
-                                      hard ? argmax.data_ptr<int64_t>() : nullptr};
+                                      fwd_out<scalar_t>(outs)};
       small_d_forward<scalar_t>(args, DP, DVP);
       return;
     }
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor());
-    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                          hard ? argmax.data_ptr<int64_t>() : nullptr,
-                          hard ? soft_out.data_ptr<scalar_t>() : nullptr, [&] { return sc; });
+    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
+                          fwd_out<scalar_t>(outs), [&] { return sc; });
   });
-  return {out.to(q.scalar_type()), lse, argmax, hard ? soft_out.to(q.scalar_type()) : soft_out};
+  const auto& [out, lse, argmax, soft_out] = outs;
+  return {out.to(q.scalar_type()), lse, argmax, soft_out.to(q.scalar_type())};
 }
 
 }  // namespace attnzoo::cpu

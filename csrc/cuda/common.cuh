@@ -179,6 +179,19 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ X, int64_t x0, 
   }
 }
 
+// acc[io] += sum over c < C of sm.p[r][c] sm.v[c][c8 + 8 io]: the tile's weights (or dS) times the
+// staged rows (P.V, dS.K, dS^T.Q, P^T.dO); after a __syncthreads that published both.
+template <class A, int C, int KC, int OC>
+__device__ __forceinline__ void accumulate_pv(A (&acc)[OC / 8], const TileSmem<A, C, KC, OC>& sm) {
+  const int r = threadIdx.x >> 3, c8 = threadIdx.x & 7;
+#pragma unroll 4
+  for (int c = 0; c < C; ++c) {
+    const A pc = sm.p[r][c];
+#pragma unroll
+    for (int io = 0; io < OC / 8; ++io) acc[io] += pc * sm.v[c][c8 + 8 * io];
+  }
+}
+
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // --- the prologue of the kernels whose rows are queries (forward, dq, tensor-core forward) ---
