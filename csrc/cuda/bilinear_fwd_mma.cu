@@ -12,6 +12,8 @@
 #include <cuda_fp16.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <vector>
 
 #include "common/validate.h"
 #include "cuda/common.cuh"
@@ -258,8 +260,27 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
     pool[h].finish(sink);
   }
 #else
-  __trap();  // compiled for an architecture without m16n8k16 (the host side checks sm_80+)
+  __trap();  // compiled for an architecture without m16n8k16: never launched (tensor_core_image)
 #endif
+}
+
+// Whether the current device (dev) runs an image of the tensor-core kernel compiled for sm_80+.
+// The device's compute capability is not enough: a build without an sm_80+ image (e.g.
+// TORCH_CUDA_ARCH_LIST="7.5+PTX") compiles the kernel body for compute_75 as the __trap() above,
+// and an A100 / H100 JIT-compiles that PTX and traps. The kernel's attributes name the PTX
+// version of the image the device loaded; every instantiation lives in this translation unit's
+// fatbinary, so one of them speaks for all. Cached per device.
+bool tensor_core_image(int dev) {
+  static std::mutex mu;
+  static std::vector<int8_t> known;  // per device: -1 not asked yet, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= static_cast<int>(known.size())) known.resize(dev + 1, -1);
+  if (known[dev] < 0) {
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, mma_fwd_kernel<false, 64, SoftmaxPool<float>>));
+    known[dev] = attr.ptxVersion >= 80 ? 1 : 0;
+  }
+  return known[dev] == 1;
 }
 
 template <bool BF16, int HD>
@@ -289,10 +310,8 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   // 16-byte vector loads: a contiguous view with a storage offset may be misaligned.
   for (const at::Tensor* t : {&q, &k, &v})
     if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return false;
-  int dev = q.get_device(), major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (major < 8) return false;
   if (std::getenv("ATTNZOO_CUDA_NO_MMA")) return false;  // debugging / A-B comparisons
+  if (!tensor_core_image(q.get_device())) return false;   // (the caller's guard made it current)
 
   result = empty_fwd_outputs(q, Dv, pooling, dt);
   const auto& out = std::get<0>(result);
