@@ -2,7 +2,7 @@
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv) -> out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq)
 // and soft_out (B, Nq, Dv) for hard pooling. Never forms the (Nq, Nk, H) tensor: tanh is evaluated
 // per key block; bfloat16 is computed in float32. The block kernel runs the AVX-512 copy
-// (additive_avx512.cpp) when runtime_isa() picks it, else the AVX2 one compiled here.
+// (kernels_avx512.cpp) when runtime_isa() picks it, else the AVX2 one compiled here.
 #include <ATen/Dispatch.h>
 
 #include "common/validate.h"

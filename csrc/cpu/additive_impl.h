@@ -1,5 +1,6 @@
 // Bodies of the additive kernels (see additive_kernels.h), in the translation unit's ISA namespace.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -36,12 +37,17 @@ inline bool exp2x_bounded(const float* x, float* out, int64_t n) {
       ok = false;
       return;
     }
+    // One vector exp for every element, the tail included (a scalar std::exp would round some
+    // keys' terms differently, and bitwise-equal keys must score equally: hard pooling's ties).
     int64_t k = k0;
     for (; k + V::size() <= k1; k += V::size()) {
       const V v = V::loadu(x + k);
       (v + v).exp().store(out + k);
     }
-    for (; k < k1; ++k) out[k] = std::exp(2.0f * x[k]);
+    if (k < k1) {
+      const V v = V::loadu(x + k, k1 - k);
+      (v + v).exp().store(out + k, k1 - k);
+    }
   });
   return ok;
 }

@@ -1,6 +1,6 @@
 // The additive family's block kernels behind additive_fwd / additive_bwd, as plain pointer
 // arguments so that they can be compiled per ISA: additive_*_impl (additive_impl.h) in the
-// translation unit's ISA namespace, additive_*_avx512 in additive_avx512.cpp. ISA-neutral.
+// translation unit's ISA namespace, additive_*_avx512 in kernels_avx512.cpp. ISA-neutral.
 #pragma once
 #include <cstdint>
 #include <vector>

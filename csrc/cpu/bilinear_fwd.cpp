@@ -23,11 +23,9 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     if (small_d_supported<scalar_t>(D, Dv, Nk, pooling)) {
       // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
-      const int64_t W = Vectorized<scalar_t>::size(), Nkp = (Nk + W - 1) / W * W;
-      const int64_t DP = small_d_pad(D), DVP = small_d_pad(Dv);
-      auto kT = at::zeros({B, DP, Nkp}, qa.options()), vT = at::zeros({B, DVP, Nkp}, qa.options());
-      kT.narrow(1, 0, D).narrow(2, 0, Nk).copy_(ka.transpose(1, 2));
-      vT.narrow(1, 0, Dv).narrow(2, 0, Nk).copy_(va.transpose(1, 2));
+      const int64_t W = Vectorized<scalar_t>::size(), DP = small_d_pad(D), DVP = small_d_pad(Dv);
+      const auto kT = transposed_keys(ka, DP, 0, W), vT = transposed_keys(va, DVP, 0, W);
+      const int64_t Nkp = kT.size(2);
       auto kbT = at::zeros({B, Nkp}, qa.options());
       if (kba) kbT.narrow(1, 0, Nk).copy_(*kba);
       const SmallDArgs<scalar_t> args{mp,
@@ -43,7 +41,11 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       small_d_forward<scalar_t>(args, DP, DVP);
       return;
     }
-    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor());
+    // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
+    // (padded by the widest vector, AVX-512's, which uniform_scores may read past the last key)
+    constexpr int64_t kPad = 64 / sizeof(scalar_t);
+    const auto kT = pooling_traits(pooling).exact_ties ? transposed_keys(ka, D, kPad, kPad) : at::Tensor();
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor(), kT);
     forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
                           fwd_out<scalar_t>(outs), [&] { return sc; });
   });

@@ -144,7 +144,7 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
 
   const auto value = [&](int64_t key, int64_t d) { return vT[d * Nkp + key]; };
   for (int r = 0; r < nr; ++r) {
-    T accs[DVP];
+    T accs[kSmallDMax] = {};  // (Dv <= DVP <= kSmallDMax)
     for (int d = 0; d < DVP; ++d)
       accs[d] = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[r][d]);
     pool[r].finish(a.out, b * Nq + i0 + r, accs, value);

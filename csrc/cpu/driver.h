@@ -28,7 +28,7 @@
 #include "cpu/vec_math.h"
 
 namespace attnzoo::cpu {
-// Everything below uses at::vec and is compiled once per ISA (additive_avx512.cpp): the
+// Everything below uses at::vec and is compiled once per ISA (kernels_avx512.cpp): the
 // per-ISA inline namespace keeps the copies apart (no ODR clash between translation units).
 inline namespace ATTNZOO_ISA {
 
