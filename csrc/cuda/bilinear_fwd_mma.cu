@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
   constexpr int OT = HD / 8;   // n-tiles of O
   __shared__ __align__(16) uint16_t sK[kBK * LD];
   __shared__ __align__(16) uint16_t sV[kBK * LD];
-  __shared__ int64_t sLo[kBQ], sHi[kBQ];
+  __shared__ RowRanges<kBQ> ranges;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
   const int64_t Nq = p.Nq, Nk = p.Nk;
@@ -159,12 +159,12 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
     row[h] = q0 + warp * 16 + g + 8 * h;
     kr[h] = query_row(mp, b, row[h], mrow[h]);
     if (tig == 0) {
-      sLo[warp * 16 + g + 8 * h] = kr[h].lo;
-      sHi[warp * 16 + g + 8 * h] = kr[h].hi;
+      ranges.lo[warp * 16 + g + 8 * h] = kr[h].lo;
+      ranges.hi[warp * 16 + g + 8 * h] = kr[h].hi;
     }
   }
   __syncthreads();
-  const KeySpan span = key_span<kBQ>(sLo, sHi, Nk);
+  const KeySpan span = key_span<kBQ>(ranges.lo, ranges.hi, Nk);
 
   // Q fragments (A operand, row-major 16 x 16 per k-step).
   uint32_t qf[HD / 16][4];

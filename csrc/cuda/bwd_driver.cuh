@@ -36,47 +36,41 @@ template <class Family, class Pool, class T, class A>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T, A> p) {
   constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8;
   __shared__ TileSmem<A, C, KC, OC> sm;
-  __shared__ int64_t sLo[R], sHi[R];
-
-  const MaskParams& mp = p.mp;
-  const QueryThread qt = query_thread<OC>(mp);
-  const int r = qt.r, c8 = qt.c8;
-  const int64_t b = qt.b, q0 = qt.q0, oc0 = qt.oc0, i = qt.i;
-  KeyRange kr = qt.kr;
-  const bool* mrow = qt.mrow;
+  __shared__ RowRanges<R> ranges;
+  QueryThread qt = query_thread<OC>(p.mp);
   typename Pool::Row row = Pool::none();
-  if (i < p.Nq) {
-    row = Pool::load(p.saved, b * p.Nq + i);
-    if (!Pool::active(row)) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
+  if (qt.i < p.Nq) {
+    row = Pool::load(p.saved, qt.b * p.Nq + qt.i);
+    if (!Pool::active(row)) qt.kr.hi = qt.kr.lo;  // empty row (or only -inf scores): no gradient
   }
-  const KeySpan span = publish_rows<R>(kr, r, c8 == 0, sLo, sHi, p.Nk);
+  const KeySpan span = ranges.publish(qt.kr, qt.r, qt.c8 == 0, p.Nk);
 
-  const T* V = p.v + b * p.Nk * p.Dv;
-  const T* DO = p.dout + b * p.Nq * p.Dv;
-  const T* Y = p.fam.y + b * p.Nk * p.D;  // the keys' features, staged for dscore
-  const Tile tile0{b, q0, p.Nq, 0, p.Nk};
+  const T* V = p.v + qt.b * p.Nk * p.Dv;
+  const T* DO = p.dout + qt.b * p.Nq * p.Dv;
+  const T* Y = p.fam.y + qt.b * p.Nk * p.D;  // the keys' features, staged for dscore
+  const Tile tile0{qt.b, qt.q0, p.Nq, 0, p.Nk};
 
   typename Family::template Grad<OC / 8> g;
-  p.fam.template dscore_begin<false>(g, tile0, oc0);
+  p.fam.template dscore_begin<false>(g, tile0, qt.oc0);
 
   for (int64_t j0 = (span.lo / C) * C; j0 < span.hi; j0 += C) {
-    const Tile tile{b, q0, p.Nq, j0, p.Nk};
+    const Tile tile{qt.b, qt.q0, p.Nq, j0, p.Nk};
     A s[NI], dp[NI];
     p.fam.template score<false>(tile, sm, s);
-    contract_tile(DO, q0, p.Nq, V, j0, p.Nk, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
+    contract_tile(DO, qt.q0, p.Nq, V, j0, p.Nk, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
 #pragma unroll
     for (int ii = 0; ii < NI; ++ii) {
-      const int64_t j = j0 + c8 + 8 * ii;
+      const int64_t j = j0 + qt.c8 + 8 * ii;
       A ds = 0;
-      if (j >= kr.lo && j < kr.hi && mask_ok(mp, mrow, j)) ds = Pool::dscore(row, s[ii], dp[ii]);
-      sm.p[r][c8 + 8 * ii] = ds;
+      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) ds = Pool::dscore(row, s[ii], dp[ii]);
+      sm.p[qt.r][qt.c8 + 8 * ii] = ds;
     }
-    stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, oc0, sm.v);
+    stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, qt.oc0, sm.v);
     __syncthreads();
     p.fam.template dscore<false>(g, sm);
     __syncthreads();
   }
-  p.fam.template dscore_store<false>(g, tile0, oc0, blockIdx.z == 0, p.dx, sm);
+  p.fam.template dscore_store<false>(g, tile0, qt.oc0, blockIdx.z == 0, p.dx, sm);
 }
 
 template <class Family, class Pool, class T, class A>

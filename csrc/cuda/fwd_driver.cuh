@@ -65,16 +65,11 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<Family, T
   static_assert(Pool::kTraits.scan_passes == 0, "multi-pass poolings: not in the CUDA forward yet");
   constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8, NO = OC / 8;
   __shared__ TileSmem<A, C, KC, OC> sm;
-  __shared__ int64_t sLo[R], sHi[R];
+  __shared__ RowRanges<R> ranges;
+  const QueryThread qt = query_thread<OC>(p.mp);
+  const KeySpan span = ranges.publish(qt.kr, qt.r, qt.c8 == 0, p.Nk);
 
-  const MaskParams& mp = p.mp;
-  const QueryThread qt = query_thread<OC>(mp);
-  const int r = qt.r, c8 = qt.c8;
-  const int64_t b = qt.b, q0 = qt.q0, oc0 = qt.oc0, i = qt.i;
-  const KeyRange kr = qt.kr;
-  const KeySpan span = publish_rows<R>(kr, r, c8 == 0, sLo, sHi, p.Nk);
-
-  const T* V = p.v + b * p.Nk * p.Dv;
+  const T* V = p.v + qt.b * p.Nk * p.Dv;
 
   Pool pool;
   pool.init();
@@ -85,21 +80,21 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<Family, T
   for (int64_t j0 = (span.lo / C) * C; j0 < span.hi; j0 += C) {
     A s[NI];
     if constexpr (Pool::kTraits.scores) {
-      p.fam.template score<false>(Tile{b, q0, p.Nq, j0, p.Nk}, sm, s);
+      p.fam.template score<false>(Tile{qt.b, qt.q0, p.Nq, j0, p.Nk}, sm, s);
     } else {  // every valid key scores 0
 #pragma unroll
       for (int ii = 0; ii < NI; ++ii) s[ii] = 0;
     }
 #pragma unroll
     for (int ii = 0; ii < NI; ++ii) {
-      const int64_t j = j0 + c8 + 8 * ii;
-      if (!(j >= kr.lo && j < kr.hi && mask_ok(mp, qt.mrow, j))) s[ii] = neg_inf<A>();
+      const int64_t j = j0 + qt.c8 + 8 * ii;
+      if (!(j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j))) s[ii] = neg_inf<A>();
     }
     const A alpha = pool.template weigh<NI>([&](int n) -> A& { return s[n]; },
-                                            [&](int n) { return j0 + c8 + 8 * n; }, RowLanes8{});
+                                            [&](int n) { return j0 + qt.c8 + 8 * n; }, RowLanes8{});
 #pragma unroll
-    for (int ii = 0; ii < NI; ++ii) sm.p[r][c8 + 8 * ii] = s[ii];
-    stage_rows<T, A, C, OC>(V, j0, p.Nk, p.Dv, oc0, sm.v);
+    for (int ii = 0; ii < NI; ++ii) sm.p[qt.r][qt.c8 + 8 * ii] = s[ii];
+    stage_rows<T, A, C, OC>(V, j0, p.Nk, p.Dv, qt.oc0, sm.v);
     __syncthreads();
 #pragma unroll
     for (int io = 0; io < NO; ++io) o[io] *= alpha;
@@ -107,8 +102,8 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<Family, T
     __syncthreads();
   }
 
-  if (i >= p.Nq) return;
-  RowSink<Family, T, A, NO> sink{p, o, V, b, i, oc0, c8};
+  if (qt.i >= p.Nq) return;
+  RowSink<Family, T, A, NO> sink{p, o, V, qt.b, qt.i, qt.oc0, qt.c8};
   pool.finish(sink);
 }
 
