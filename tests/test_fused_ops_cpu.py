@@ -55,27 +55,37 @@ def ops_for(family):
     return torch.ops.attnzoo.additive_fwd, ref.additive_fwd, torch.ops.attnzoo.additive_bwd, ref.additive_bwd
 
 
+def _to_float64(args):
+    return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+
+
 def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key_bias=True, grad_lse=True, D=9, Dv=5):
     fwd, fwd_ref, bwd, bwd_ref = ops_for(family)
     args = make_inputs(family, dtype, B, Nq, Nk, D=D, Dv=Dv, key_bias=key_bias)
     valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
     margs = (valid_lens, mask, pooling, causal, window)
     got = fwd(*args, *margs)
-    want = fwd_ref(*args, *margs)
+    # The oracle runs in float64 on the kernel's own (rounded) inputs: the float32 kernels are
+    # held to the exact answer, not to eager float32's rounding of it.
+    args64 = _to_float64(args)
+    want = fwd_ref(*args64, *margs)
     for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert x.shape == y.shape, name
         if x.dtype == torch.int64:
             assert torch.equal(x, y), name
         else:
-            torch.testing.assert_close(x, y, **TOL[dtype], msg=name)
+            assert x.dtype == (ref.acc_dtype(dtype) if name == "lse" else dtype), name
+            torch.testing.assert_close(x, y.to(x.dtype), **TOL[dtype], msg=name)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
     glse = torch.randn(got[1].shape, generator=g, dtype=torch.float64).to(got[1].dtype) if grad_lse else None
     grads = bwd(grad_out, glse, *args, *margs, *got)
-    grads_ref = bwd_ref(grad_out, glse, *args, *margs, *want)
+    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, *want)
     for x, y in zip(grads, grads_ref, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        torch.testing.assert_close(x, y, **TOL[dtype])
+        assert x.shape == y.shape and x.dtype == dtype
+        torch.testing.assert_close(x, y.to(x.dtype), **TOL[dtype])
     for t in list(got) + list(grads):
         if t.is_floating_point():
             assert not t.isnan().any()
@@ -325,6 +335,78 @@ def test_hard_ties_pick_first_key():
         assert argmax.tolist() == [[1, 0, 1]] and out.view(-1).tolist() == [1.0, 0.0, 1.0]
 
 
+# Bitwise-equal keys must score equally wherever they lie (in a block, across block boundaries,
+# in a GEMM's leftover columns), so that hard pooling picks the first of them on every path:
+# the block driver (D > 8, block sizes per mask), the small-D sweep (D <= 8), both families.
+TIE_NK = [5, 129, 300, 513, 1000]
+TIE_NQ = [1, 2, 3, 5, 64, 257]
+
+
+def _first_true(m):
+    """First True index along the last dim of a bool tensor, -1 where there is none."""
+    return torch.where(m.any(-1), m.to(torch.int8).argmax(-1), -1)
+
+
+def _tie_inputs(family, dtype, B, Nq, Nk, D, gen):
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    keys = rnd(1, 1, D).expand(B, Nk, D).contiguous()  # every key the same
+    v = rnd(B, Nk, 3)
+    if family == "bilinear":
+        return (rnd(B, Nq, D), keys, v, None, 0.125)
+    return (rnd(B, Nq, D), keys, rnd(D), v)
+
+
+@pytest.mark.parametrize("masks", ["none", "causal", "window"])
+@pytest.mark.parametrize("D", [64, 9, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hard_identical_keys_pick_the_first(family, dtype, D, masks):
+    fwd = ops_for(family)[0]
+    causal, window = masks == "causal", (40 if masks == "window" else -1)
+    gen = torch.Generator().manual_seed(11)
+    for Nk in TIE_NK:
+        for Nq in TIE_NQ:
+            args = _tie_inputs(family, dtype, 2, Nq, Nk, D, gen)
+            out, _, argmax, _ = fwd(*args, None, None, HARD, causal, window)
+            want = _first_true(ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0])
+            bad = (argmax != want).nonzero()
+            assert bad.numel() == 0, (f"Nk={Nk} Nq={Nq}: {len(bad)} rows pick another key, e.g. "
+                                      f"row {tuple(bad[0].tolist())} -> {argmax[tuple(bad[0].tolist())].item()}")
+            v = args[2] if family == "bilinear" else args[3]
+            picked = v.gather(1, argmax.clamp_min(0).unsqueeze(-1).expand(-1, -1, v.shape[-1]))
+            assert torch.equal(out, picked * (argmax >= 0).unsqueeze(-1))
+
+
+@pytest.mark.parametrize("masks", ["none", "causal", "window"])
+@pytest.mark.parametrize("D", [64, 3])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, D, masks):
+    """Runs of bitwise-equal winning keys straddling the block sizes the kernels use (128, 256,
+    512) among random keys: each row picks the first winning key it sees."""
+    gen = torch.Generator().manual_seed(12)
+    B, Nk = 2, 1100
+    Nq = 70 if masks == "none" else Nk
+    causal, window = masks == "causal", (64 if masks == "window" else -1)
+    x = torch.randn(B, Nq, D, generator=gen).abs() + 0.1  # positive queries (q, a)
+    keys = torch.randn(B, Nk, D, generator=gen)
+    winner = torch.zeros(Nk, dtype=torch.bool)
+    for lo, hi in [(120, 140), (250, 262), (505, 520), (1020, 1030)]:
+        winner[lo:hi] = True
+    keys[:, winner] = 4.0  # every query scores these keys highest (additive: positive w)
+    v = torch.randn(B, Nk, 3, generator=gen)
+    if family == "bilinear":
+        args = (x, keys, v, None, 0.125)
+    else:
+        args = (x, keys, torch.rand(D, generator=gen) + 0.5, v)
+    _, _, argmax, _ = ops_for(family)[0](*args, None, None, HARD, causal, window)
+    sees = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0] & winner  # (Nq, Nk)
+    rows = sees.any(-1)
+    assert rows.sum() >= 60
+    assert torch.equal(argmax[:, rows], _first_true(sees)[rows].expand(B, -1))
+
+
 # --- threading ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("D", [64, 1])
 def test_thread_counts_give_same_results(D):
@@ -391,7 +473,7 @@ def test_error_messages():
         torch.ops.attnzoo.additive_fwd(a, b, w, v, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
 
 
-# --- run-time ISA dispatch of the additive kernels (csrc/cpu/isa.h) ------------------------------
+# --- run-time ISA dispatch of the additive kernels and bilinear uniform scores (csrc/cpu/isa.h) ----
 _ISA_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -406,6 +488,13 @@ for dtype in (torch.float32, torch.float64):
             t.check_against_reference("additive", dtype, pooling, B, Nq, Nk, masks=masks)
             args = t.make_inputs("additive", dtype, B, Nq, Nk, D=40)
             outs.append(torch.ops.attnzoo.additive_fwd(*args, None, None, pooling, False, -1))
+# ties: the bilinear family's uniform scores (compiled per ISA) and the additive exp form
+for family in t.FAMILIES:
+    for dtype in (torch.float32, torch.float64):
+        t.test_hard_identical_keys_pick_the_first(family, dtype, 64, "none")
+    t.test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, 64, "window")
+args = t.make_inputs("bilinear", torch.float32, 2, 70, 600, D=40)
+outs.append(torch.ops.attnzoo.bilinear_fwd(*args, None, None, t.HARD, False, -1))
 torch.save(outs, {path!r})
 print(attnzoo._C.build_info()["cpu_isa_runtime"])
 """
@@ -425,7 +514,8 @@ def _cpu_has_avx512():
 )
 def test_isa_dispatch_paths_match_reference(tmp_path):
     """Both ISA paths (forced AVX2, and the auto choice: AVX-512 where the CPU has it) match the
-    eager oracle on the additive ops (forward and backward, tails included) and agree."""
+    eager oracle on the additive ops (forward and backward, tails included), break hard pooling's
+    ties on the first key (both families) and agree."""
     import os
     import subprocess
     import sys

@@ -201,6 +201,32 @@ def test_tensor_core_matches_generic(monkeypatch, dtype):
     torch.testing.assert_close(fast[1], slow[1], atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("D", [64, 9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", ["bilinear", "additive"])
+def test_hard_identical_keys_pick_the_first(family, dtype, D):
+    """Bitwise-equal keys score equally wherever they lie (tiles, tile edges, the tensor-core
+    fragments for float16 / bfloat16 with D = Dv = 64): hard pooling picks the first valid one."""
+    gen = torch.Generator().manual_seed(13)
+    fwd = getattr(torch.ops.attnzoo, f"{family}_fwd")
+    for Nk in (5, 129, 300, 513):
+        for Nq in (1, 3, 64, 257):
+            for causal, window in ((False, -1), (True, -1), (False, 40)):
+                q = torch.randn(2, Nq, D, generator=gen).to(dtype)
+                k = torch.randn(1, 1, D, generator=gen).to(dtype).expand(2, Nk, D).contiguous()
+                v = torch.randn(2, Nk, D, generator=gen).to(dtype)
+                if family == "bilinear":
+                    args = (_dev(q), _dev(k), _dev(v), None, 0.125)
+                else:
+                    args = (_dev(q), _dev(k), _dev(torch.randn(D, generator=gen).to(dtype)), _dev(v))
+                _, _, argmax, _ = fwd(*args, None, None, POOLINGS["hard"], causal, window)
+                valid = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0]
+                want = torch.where(valid.any(-1), valid.to(torch.int8).argmax(-1), -1).expand(2, -1)
+                bad = (argmax.cpu() != want).nonzero()
+                where = f"Nk={Nk} Nq={Nq} causal={causal} window={window}"
+                assert bad.numel() == 0, f"{where}: {len(bad)} rows pick another key, e.g. {bad[0].tolist()}"
+
+
 def test_non_contiguous_inputs():
     gen = torch.Generator().manual_seed(4)
     q = torch.randn(2, 16, 33, generator=gen, dtype=torch.float64).transpose(1, 2)  # (2, 33, 16) strided

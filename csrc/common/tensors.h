@@ -6,7 +6,7 @@
 
 #include <tuple>
 
-#include "common/params.h"
+#include "common/pooling.h"
 
 namespace attnzoo {
 
@@ -21,15 +21,21 @@ inline OptTensor contiguous_opt(const OptTensor& t) {
 }
 
 // The forward's outputs for per-query inputs x (B, Nq, .): out (B, Nq, Dv) in out_dtype, lse
-// (B, Nq) in the accumulation dtype; for hard pooling argmax (B, Nq) and soft_out (B, Nq, Dv) in
-// out_dtype, else empty tensors (int64 and x's dtype).
+// (B, Nq) in the accumulation dtype; argmax (B, Nq) and soft_out (B, Nq, Dv) in out_dtype for a
+// pooling that has them (hard), else empty tensors (int64 and x's dtype).
 inline Tensor4 empty_fwd_outputs(const at::Tensor& x, int64_t Dv, int64_t pooling, at::ScalarType out_dtype) {
   const int64_t B = x.size(0), Nq = x.size(1);
-  const bool hard = pooling == kHard;
+  const PoolingTraits pt = pooling_traits(pooling);
   const auto o = x.options().dtype(out_dtype), lopt = x.options().dtype(at::kLong);
   return {at::empty({B, Nq, Dv}, o), at::empty({B, Nq}, x.options().dtype(acc_type(x.scalar_type()))),
-          hard ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt),
-          hard ? at::empty({B, Nq, Dv}, o) : at::empty({0}, x.options())};
+          pt.argmax ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt),
+          pt.soft_out ? at::empty({B, Nq, Dv}, o) : at::empty({0}, x.options())};
+}
+
+// The saved output the softmax weight gradient's row term D_i = dO_i . o_i reads: soft_out for a
+// pooling that keeps its softmax output there (hard: out is the arg-max's value row), else out.
+inline const at::Tensor& softmax_output(int64_t pooling, const at::Tensor& out, const at::Tensor& soft_out) {
+  return pooling_traits(pooling).soft_out ? soft_out : out;
 }
 
 }  // namespace attnzoo

@@ -148,17 +148,20 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
   TORCH_CHECK(lse.scalar_type() == acc, op, ": lse must be ", acc, ", got ", lse.scalar_type());
   check_same_device(op, "out", out, "the inputs", x);
   check_same_device(op, "lse", lse, "the inputs", x);
-  if (pooling == kHard) {
+  const PoolingTraits pt = pooling_traits(pooling);
+  if (pt.argmax) {
     check_shape(op, "argmax", argmax, {B, Nq}, "(B, Nq)");
     TORCH_CHECK(argmax.scalar_type() == at::kLong, op, ": argmax must be int64, got ", argmax.scalar_type());
-    check_shape(op, "soft_out", soft_out, {B, Nq, Dv}, "(B, Nq, Dv)");
     check_same_device(op, "argmax", argmax, "the inputs", x);
-    check_same_device(op, "soft_out", soft_out, "the inputs", x);
     if (argmax.is_cpu() && argmax.numel() > 0) {  // the kernels index v with it (a CUDA check would sync)
       const int64_t lo = argmax.min().item<int64_t>(), hi = argmax.max().item<int64_t>();
       TORCH_CHECK(lo >= -1 && hi < v.size(1), op, ": argmax must lie in [-1, Nk) = [-1, ", v.size(1), "), got [",
                   lo, ", ", hi, "]");
     }
+  }
+  if (pt.soft_out) {
+    check_shape(op, "soft_out", soft_out, {B, Nq, Dv}, "(B, Nq, Dv)");
+    check_same_device(op, "soft_out", soft_out, "the inputs", x);
   }
 }
 

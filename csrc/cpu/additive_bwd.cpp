@@ -18,32 +18,16 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const char* op = "attnzoo.additive_bwd";
   check_additive_fwd(op, a, b, w, v, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
-  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
-  const bool hard = pooling == kHard;
+  const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v), go = to_acc(grad_out);
   const auto gl = to_acc(grad_lse);
-  const auto od = to_acc(hard ? soft_out : out), lsea = lse.contiguous();
-  const auto am = hard ? argmax.contiguous() : argmax;
+  const auto od = to_acc(softmax_output(pooling, out, soft_out)), lsea = lse.contiguous(), am = argmax.contiguous();
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
   auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
   std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_bwd", [&] {
-    const AdditiveBwdArgs<scalar_t> p{mp,
-                                      Nq,
-                                      Nk,
-                                      H,
-                                      Dv,
-                                      aa.const_data_ptr<scalar_t>(),
-                                      ba.const_data_ptr<scalar_t>(),
-                                      wa.const_data_ptr<scalar_t>(),
-                                      va.const_data_ptr<scalar_t>(),
-                                      go.const_data_ptr<scalar_t>(),
-                                      lsea.const_data_ptr<scalar_t>(),
-                                      hard ? am.const_data_ptr<int64_t>() : nullptr,
-                                      od.const_data_ptr<scalar_t>(),
-                                      gl ? gl->const_data_ptr<scalar_t>() : nullptr,
-                                      &accs,
-                                      da.data_ptr<scalar_t>()};
+    const AdditiveBwdArgs<scalar_t> p{additive_inputs<scalar_t>(mp, aa, ba, wa, va), go.const_data_ptr<scalar_t>(),
+                                      bwd_in<scalar_t>(lsea, am, od, gl, Nk), &accs, da.data_ptr<scalar_t>()};
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)
     if (runtime_isa() == CpuIsa::kAVX512) return additive_bwd_avx512(p);
 #endif

@@ -2,7 +2,7 @@
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv) -> out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq)
 // and soft_out (B, Nq, Dv) for hard pooling. Never forms the (Nq, Nk, H) tensor: tanh is evaluated
 // per key block; bfloat16 is computed in float32. The block kernel runs the AVX-512 copy
-// (additive_avx512.cpp) when runtime_isa() picks it, else the AVX2 one compiled here.
+// (kernels_avx512.cpp) when runtime_isa() picks it, else the AVX2 one compiled here.
 #include <ATen/Dispatch.h>
 
 #include "common/validate.h"
@@ -14,35 +14,19 @@ namespace attnzoo::cpu {
 Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
                      const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal, int64_t window) {
   check_additive_fwd("attnzoo.additive_fwd", a, b, w, v, valid_lens, mask, pooling, window, kCpuDtypes);
-  const int64_t B = a.size(0), Nq = a.size(1), H = a.size(2), Nk = b.size(1), Dv = v.size(2);
+  const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1), Dv = v.size(2);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v);
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
-  const bool hard = pooling == kHard;
-  auto out = at::empty({B, Nq, Dv}, aa.options());
-  auto lse = at::empty({B, Nq}, aa.options());
-  const auto lopt = a.options().dtype(at::kLong);
-  auto argmax = hard ? at::empty({B, Nq}, lopt) : at::empty({0}, lopt);
-  auto soft_out = hard ? at::empty({B, Nq, Dv}, aa.options()) : at::empty({0}, a.options());
+  const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.additive_fwd", [&] {
-    const AdditiveFwdArgs<scalar_t> p{mp,
-                                      Nq,
-                                      Nk,
-                                      H,
-                                      Dv,
-                                      aa.const_data_ptr<scalar_t>(),
-                                      ba.const_data_ptr<scalar_t>(),
-                                      wa.const_data_ptr<scalar_t>(),
-                                      va.const_data_ptr<scalar_t>(),
-                                      out.data_ptr<scalar_t>(),
-                                      lse.data_ptr<scalar_t>(),
-                                      hard ? argmax.data_ptr<int64_t>() : nullptr,
-                                      hard ? soft_out.data_ptr<scalar_t>() : nullptr};
+    const AdditiveFwdArgs<scalar_t> p{additive_inputs<scalar_t>(mp, aa, ba, wa, va), fwd_out<scalar_t>(outs)};
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)
     if (runtime_isa() == CpuIsa::kAVX512) return additive_fwd_avx512(p);
 #endif
     additive_fwd_impl<scalar_t>(p);
   });
-  return {out.to(a.scalar_type()), lse, argmax, hard ? soft_out.to(a.scalar_type()) : soft_out};
+  const auto& [out, lse, argmax, soft_out] = outs;
+  return {out.to(a.scalar_type()), lse, argmax, soft_out.to(a.scalar_type())};
 }
 
 }  // namespace attnzoo::cpu

@@ -1,5 +1,6 @@
 // Bodies of the additive kernels (see additive_kernels.h), in the translation unit's ISA namespace.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -36,31 +37,37 @@ inline bool exp2x_bounded(const float* x, float* out, int64_t n) {
       ok = false;
       return;
     }
+    // One vector exp for every element, the tail included (a scalar std::exp would round some
+    // keys' terms differently, and bitwise-equal keys must score equally: hard pooling's ties).
     int64_t k = k0;
     for (; k + V::size() <= k1; k += V::size()) {
       const V v = V::loadu(x + k);
       (v + v).exp().store(out + k);
     }
-    for (; k < k1; ++k) out[k] = std::exp(2.0f * x[k]);
+    if (k < k1) {
+      const V v = V::loadu(x + k, k1 - k);
+      (v + v).exp().store(out + k, k1 - k);
+    }
   });
   return ok;
 }
 
 template <typename T>
 void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
+  const AdditiveInputs<T>& x = p.x;
   at::Tensor ea, eb;  // torch tensors, not std::vector: memory profilers see them
   bool use_exp = false;
   if constexpr (std::is_same_v<T, float>) {
     if (additive_exp_form_enabled()) {
-      const int64_t B = p.mp.B;
-      ea = at::empty({B * p.Nq * p.H}, at::kFloat);
-      eb = at::empty({B * p.Nk * p.H}, at::kFloat);
-      use_exp = exp2x_bounded(p.a, ea.data_ptr<float>(), B * p.Nq * p.H) &&
-                exp2x_bounded(p.b, eb.data_ptr<float>(), B * p.Nk * p.H);
+      const int64_t B = x.mp.B;
+      ea = at::empty({B * x.Nq * x.H}, at::kFloat);
+      eb = at::empty({B * x.Nk * x.H}, at::kFloat);
+      use_exp = exp2x_bounded(x.a, ea.data_ptr<float>(), B * x.Nq * x.H) &&
+                exp2x_bounded(x.b, eb.data_ptr<float>(), B * x.Nk * x.H);
     }
   }
-  forward_cpu<T>(p.mp, Blocks{}, p.Dv, p.v, p.out, p.lse, p.argmax, p.soft_out, [&] {
-    AdditiveScorer<T> sc(p.a, p.b, p.w, p.Nq, p.Nk, p.H, nullptr);
+  forward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.out, [&] {
+    AdditiveScorer<T> sc(x.a, x.b, x.w, x.Nq, x.Nk, x.H, nullptr);
     if (use_exp) sc.use_exp(static_cast<const T*>(ea.const_data_ptr()), static_cast<const T*>(eb.const_data_ptr()));
     return sc;
   });
@@ -68,8 +75,9 @@ void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
 
 template <typename T>
 void additive_bwd_impl(const AdditiveBwdArgs<T>& p) {
-  backward_cpu<T>(p.mp, Blocks{}, p.Dv, p.v, p.dout, p.lse, p.argmax, p.o_delta, p.grad_lse, *p.accs,
-                  [&] { return AdditiveScorer<T>(p.a, p.b, p.w, p.Nq, p.Nk, p.H, p.da); });
+  const AdditiveInputs<T>& x = p.x;
+  backward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.dout, p.saved, *p.accs,
+                  [&] { return AdditiveScorer<T>(x.a, x.b, x.w, x.Nq, x.Nk, x.H, p.da); });
 }
 
 }  // namespace ATTNZOO_ISA

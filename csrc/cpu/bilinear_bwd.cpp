@@ -17,21 +17,18 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
-  const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
-  const bool hard = pooling == kHard;
+  const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1), Dv = v.size(2);
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v), go = to_acc(grad_out);
   const auto kba = to_acc(key_bias), gl = to_acc(grad_lse);
-  const auto od = to_acc(hard ? soft_out : out), lsea = lse.contiguous();
-  const auto am = hard ? argmax.contiguous() : argmax;
+  const auto od = to_acc(softmax_output(pooling, out, soft_out)), lsea = lse.contiguous(), am = argmax.contiguous();
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
   auto dq = at::zeros_like(qa), dk = at::zeros_like(ka), dv = at::zeros_like(va);
   auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();
   std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, dq);
-    backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-                           lsea.const_data_ptr<scalar_t>(), hard ? am.const_data_ptr<int64_t>() : nullptr,
-                           od.const_data_ptr<scalar_t>(), gl ? gl->const_data_ptr<scalar_t>() : nullptr, accs,
+    backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(),
+                           go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk), accs,
                            [&] { return sc; });
   });
   auto dkb_out = key_bias ? dkb.to(key_bias->scalar_type()) : at::empty({0}, q.options());

@@ -19,19 +19,13 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
   const auto kba = to_acc(key_bias);
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
-  const bool hard = pooling == kHard;
-  auto out = at::empty({B, Nq, Dv}, qa.options());
-  auto lse = at::empty({B, Nq}, qa.options());
-  auto argmax = hard ? at::empty({B, Nq}, q.options().dtype(at::kLong)) : at::empty({0}, q.options().dtype(at::kLong));
-  auto soft_out = hard ? at::empty({B, Nq, Dv}, qa.options()) : at::empty({0}, q.options());
+  const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     if (small_d_supported<scalar_t>(D, Dv, Nk, pooling)) {
       // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
-      const int64_t W = Vectorized<scalar_t>::size(), Nkp = (Nk + W - 1) / W * W;
-      const int64_t DP = small_d_pad(D), DVP = small_d_pad(Dv);
-      auto kT = at::zeros({B, DP, Nkp}, qa.options()), vT = at::zeros({B, DVP, Nkp}, qa.options());
-      kT.narrow(1, 0, D).narrow(2, 0, Nk).copy_(ka.transpose(1, 2));
-      vT.narrow(1, 0, Dv).narrow(2, 0, Nk).copy_(va.transpose(1, 2));
+      const int64_t W = Vectorized<scalar_t>::size(), DP = small_d_pad(D), DVP = small_d_pad(Dv);
+      const auto kT = transposed_keys(ka, DP, 0, W), vT = transposed_keys(va, DVP, 0, W);
+      const int64_t Nkp = kT.size(2);
       auto kbT = at::zeros({B, Nkp}, qa.options());
       if (kba) kbT.narrow(1, 0, Nk).copy_(*kba);
       const SmallDArgs<scalar_t> args{mp,
@@ -43,19 +37,20 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                                       Dv,
                                       Nkp,
                                       static_cast<scalar_t>(scale),
-                                      out.data_ptr<scalar_t>(),
-                                      lse.data_ptr<scalar_t>(),
-                                      hard ? soft_out.data_ptr<scalar_t>() : nullptr,
-                                      hard ? argmax.data_ptr<int64_t>() : nullptr};
+                                      fwd_out<scalar_t>(outs)};
       small_d_forward<scalar_t>(args, DP, DVP);
       return;
     }
-    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor());
-    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                          hard ? argmax.data_ptr<int64_t>() : nullptr,
-                          hard ? soft_out.data_ptr<scalar_t>() : nullptr, [&] { return sc; });
+    // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
+    // (padded by the widest vector, AVX-512's, which uniform_scores may read past the last key)
+    constexpr int64_t kPad = 64 / sizeof(scalar_t);
+    const auto kT = pooling_traits(pooling).exact_ties ? transposed_keys(ka, D, kPad, kPad) : at::Tensor();
+    const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor(), kT);
+    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
+                          fwd_out<scalar_t>(outs), [&] { return sc; });
   });
-  return {out.to(q.scalar_type()), lse, argmax, hard ? soft_out.to(q.scalar_type()) : soft_out};
+  const auto& [out, lse, argmax, soft_out] = outs;
+  return {out.to(q.scalar_type()), lse, argmax, soft_out.to(q.scalar_type())};
 }
 
 }  // namespace attnzoo::cpu

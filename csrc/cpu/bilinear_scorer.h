@@ -2,9 +2,22 @@
 // gradients dq_i += scale * sum_j ds_ij k_j, dk_j += scale * sum_i ds_ij q_i, dkey_bias_j += sum_i ds_ij.
 #pragma once
 #include "common/tensors.h"
+#include "cpu/bilinear_kernels.h"
 #include "cpu/driver.h"
+#include "cpu/uniform_scores.h"
 
 namespace attnzoo::cpu {
+
+// uniform_scores on the run-time ISA's vectors: the AVX-512 copy (kernels_avx512.cpp) when
+// runtime_isa() picks it. Both copies give the same scores (the same FMA chain per score).
+template <typename T>
+inline void uniform_scores_dispatch(const T* q, int64_t nq, int64_t D, const T* kT, int64_t ldk, int64_t nk, T scale,
+                                    T* S, int64_t ldS) {
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+  if (runtime_isa() == CpuIsa::kAVX512) return uniform_scores_avx512(q, nq, D, kT, ldk, nk, scale, S, ldS);
+#endif
+  uniform_scores<T>(q, nq, D, kT, ldk, nk, scale, S, ldS);
+}
 
 // Block sizes for bilinear (GEMM) blocks: large blocks amortise GEMM calls (SDPA's flash
 // kernel uses 256 x 512 too); small ones waste less on windows and the causal diagonal.
@@ -30,10 +43,17 @@ struct BilinearScorer {
   T scale;
   int64_t Nq, Nk, D;
   T* dq;
+  // Forward of a pooling with exact ties: k transposed (B, D, ldk), zero-padded to ldk >= Nk + the
+  // widest vector, scored by uniform_scores instead of the GEMM (nullptr: the GEMM).
+  const T* kT = nullptr;
+  int64_t ldk = 0;
 
   void score(const ScoreBlock& blk, T* S, int64_t ldS) const {
     const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
-    gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (b * Nk + j0) * D, D, T(0), S, ldS);
+    if (kT)
+      uniform_scores_dispatch<T>(q + (b * Nq + i0) * D, nq, D, kT + b * D * ldk + j0, ldk, nk, scale, S, ldS);
+    else
+      gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (b * Nk + j0) * D, D, T(0), S, ldS);
     if (kb)
       for (int64_t r = 0; r < nq; ++r) vadd(S + r * ldS, kb + b * Nk + j0, nk);
   }
@@ -47,11 +67,20 @@ struct BilinearScorer {
   }
 };
 
+// k (B, Nk, D) transposed to (B, D, Nkp), zero-padded: Nkp >= Nk + pad columns, a multiple of W.
+inline at::Tensor transposed_keys(const at::Tensor& k, int64_t rows, int64_t pad, int64_t W) {
+  const int64_t B = k.size(0), Nk = k.size(1), D = k.size(2), Nkp = (Nk + pad + W - 1) / W * W;
+  auto kT = at::zeros({B, rows, Nkp}, k.options());
+  kT.narrow(1, 0, D).narrow(2, 0, Nk).copy_(k.transpose(1, 2));
+  return kT;
+}
+
 // The scorer of contiguous accumulation-dtype tensors q, k, key_bias (nullopt: none); dq: the
-// backward's zero-initialised dq, or undefined for the forward.
+// backward's zero-initialised dq, or undefined for the forward; kT: transposed_keys(k, D, pad, pad)
+// with pad >= the widest vector, for a pooling with exact ties (uniform_scores), else undefined.
 template <typename T>
 BilinearScorer<T> make_bilinear_scorer(const at::Tensor& q, const at::Tensor& k, const OptTensor& key_bias,
-                                       double scale, const at::Tensor& dq) {
+                                       double scale, const at::Tensor& dq, const at::Tensor& kT = at::Tensor()) {
   return BilinearScorer<T>{q.const_data_ptr<T>(),
                            k.const_data_ptr<T>(),
                            key_bias ? key_bias->const_data_ptr<T>() : nullptr,
@@ -59,7 +88,9 @@ BilinearScorer<T> make_bilinear_scorer(const at::Tensor& q, const at::Tensor& k,
                            q.size(1),
                            k.size(1),
                            q.size(2),
-                           dq.defined() ? dq.data_ptr<T>() : nullptr};
+                           dq.defined() ? dq.data_ptr<T>() : nullptr,
+                           kT.defined() ? kT.const_data_ptr<T>() : nullptr,
+                           kT.defined() ? kT.size(2) : 0};
 }
 
 }  // namespace attnzoo::cpu

@@ -11,8 +11,9 @@
 //   exceeds m + kSlack (rare after the first keys), rescaling the accumulators; otherwise
 //   exp(s - m) <= e^kSlack, which float sums hold without overflow or loss of precision;
 //   l += exp(s - m), acc_d += exp(s - m) v_jd, per lane; reduced across lanes at the end.
-// Hard pooling also keeps, per lane, the first index of the lane's max (strict >), so the
-// smallest index among the lanes holding the overall max is the first argmax (as torch.argmax).
+// The pooling is a lane policy (pooling.h): hard pooling also keeps, per lane, the first index of
+// the lane's max (strict >), so the smallest index among the lanes holding the overall max is the
+// first argmax (as torch.argmax); average counts the valid lanes.
 #pragma once
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
@@ -21,6 +22,7 @@
 
 #include "common/params.h"
 #include "cpu/parallel.h"
+#include "cpu/pooling.h"
 #include "cpu/vec_math.h"
 
 namespace attnzoo::cpu {
@@ -32,11 +34,11 @@ constexpr int64_t kSmallDMax = 8;
 #define ATTNZOO_SMALL_D_ROWS 4
 #endif
 
-// Whether the small-D forward handles a problem (hard pooling keeps key indices in T lanes).
+// Whether the small-D forward handles a problem (an arg-max pooling keeps key indices in T lanes).
 template <typename T>
 inline bool small_d_supported(int64_t D, int64_t Dv, int64_t Nk, int64_t pooling) {
   if (D < 1 || D > kSmallDMax || Dv < 1 || Dv > kSmallDMax) return false;
-  if (pooling == kHard && Nk >= (int64_t{1} << (std::numeric_limits<T>::digits - 1))) return false;
+  if (pooling_traits(pooling).argmax && Nk >= (int64_t{1} << (std::numeric_limits<T>::digits - 1))) return false;
   return true;
 }
 
@@ -49,25 +51,22 @@ struct SmallDArgs {
   const T* kb;  // (B, Nkp): key_bias (zeros when there is none), zero-padded
   int64_t Dq, Dv, Nkp;
   T scale;
-  T *out, *lse, *soft_out;  // out (B, Nq, Dv); soft_out: hard pooling only
-  int64_t* argmax;          // hard pooling only
+  FwdOut<T> out;
 };
 
-// Rows i0 .. i0+nr-1 (nr <= R) of batch b. Rows past nr repeat the last one (not written).
-template <typename T, int R, int DP, int DVP, int64_t POOL>
+// Rows i0 .. i0+nr-1 (nr <= R) of batch b with the pooling's lane policy Lanes (pooling.h).
+// Rows past nr repeat the last one (not written).
+template <typename T, int R, int DP, int DVP, typename Lanes>
 void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
-  constexpr bool hard = POOL == kHard, avg = POOL == kAverage;
+  constexpr bool scores = Lanes::kTraits.scores;
   const MaskParams& mp = a.mp;
   const T ninf = -std::numeric_limits<T>::infinity();
-  // Shift floor: finite, so that exp(s - m) of -inf scores is 0 (never NaN) before any finite score.
-  const T mlow = std::numeric_limits<T>::lowest();
-  const V slack(std::is_same_v<T, float> ? T(8) : T(32));
   const int64_t Nq = mp.Nq, Nk = mp.Nk, Nkp = a.Nkp;
 
-  V sq[R][DP], l[R], acc[R][DVP], mv[R], mth[R], bestv[R], besti[R];
-  T m[R];
+  V sq[R][DP], acc[R][DVP];
+  Lanes pool[R];
   int64_t lo[R], hi[R];
   const bool* mr[R];
   int64_t klo = Nk, khi = 0, flo = 0, fhi = Nk;  // [flo, fhi): every row fully valid (mask aside)
@@ -85,13 +84,8 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
     fhi = std::min(fhi, hi[r]);
     const T* qi = a.q + (b * Nq + i) * a.Dq;
     for (int d = 0; d < DP; ++d) sq[r][d] = V(d < a.Dq ? a.scale * qi[d] : T(0));
-    m[r] = mlow;
-    mv[r] = V(mlow);
-    mth[r] = V(mlow) + slack;
-    l[r] = V(T(0));
     for (int d = 0; d < DVP; ++d) acc[r][d] = V(T(0));
-    bestv[r] = V(ninf);
-    besti[r] = V(T(-1));
+    pool[r].init();
   }
 
   T iota_buf[W];
@@ -115,7 +109,7 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
     for (int r = 0; r < R; ++r) {
       if (CHECKED && (j + W <= lo[r] || j >= hi[r])) continue;
       V s = bias;
-      if (avg) {
+      if constexpr (!scores) {
         s = V(T(0));
       } else {
 #pragma GCC unroll 8
@@ -129,23 +123,10 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
           s = V::blendv(V(ninf), s, V::loadu(mb) != V(T(0)));
         }
       }
-      if (hard) {
-        const V gt = s > bestv[r];
-        bestv[r] = V::blendv(bestv[r], s, gt);
-        besti[r] = V::blendv(besti[r], jv, gt);
-      }
-      if (C10_UNLIKELY(any_gt(s, mth[r]))) {  // some lane exceeds m + slack: raise m
-        const T mn = std::max(m[r], at::vec::vec_reduce_all<T>([](V& x, V& y) { return at::vec::maximum(x, y); }, s));
-        const V alpha(std::exp(m[r] - mn));
-        m[r] = mn;
-        l[r] = l[r] * alpha;
+      const V e = pool[r].weigh(s, jv, [&](V alpha) {
 #pragma GCC unroll 8
         for (int d = 0; d < DVP; ++d) acc[r][d] = acc[r][d] * alpha;
-        mv[r] = V(mn);
-        mth[r] = mv[r] + slack;
-      }
-      const V e = exp_small(s - mv[r]);
-      l[r] = l[r] + e;
+      });
 #pragma GCC unroll 8
       for (int d = 0; d < DVP; ++d) acc[r][d] = at::vec::fmadd(e, vd[d], acc[r][d]);
     }
@@ -161,43 +142,12 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   }
   for (; j < khi; j += W) step(j, Checked{});
 
-  const auto sum = [](V& x, V& y) { return x + y; };
+  const auto value = [&](int64_t key, int64_t d) { return vT[d * Nkp + key]; };
   for (int r = 0; r < nr; ++r) {
-    const int64_t i = b * Nq + i0 + r;
-    T* o = (hard ? a.soft_out : a.out) + i * a.Dv;
-    const T lt = at::vec::vec_reduce_all<T>(sum, l[r]);
-    // No finite score raised the shift: no valid key, or only -inf scores (masked lanes may
-    // have added exp_small's ~1e-38 to l). A NaN score makes lt NaN: the row is NaN, like torch.
-    const bool empty = (m[r] == mlow && !std::isnan(lt)) || lt == T(0);
-    if (empty) {
-      vfill(o, a.Dv, T(0));
-      a.lse[i] = ninf;
-    } else {
-      T accs[DVP];
-      for (int d = 0; d < DVP; ++d) accs[d] = at::vec::vec_reduce_all<T>(sum, acc[r][d]);
-      for (int64_t d = 0; d < a.Dv; ++d) o[d] = accs[d] / lt;
-      a.lse[i] = m[r] + std::log(lt);
-    }
-    if (hard) {
-      T bv[W], bi[W];
-      bestv[r].store(bv);
-      besti[r].store(bi);
-      T best = ninf;
-      int64_t idx = -1;
-      for (int64_t w = 0; w < W; ++w) {
-        const int64_t wi = static_cast<int64_t>(bi[w]);
-        if (wi >= 0 && (idx < 0 || bv[w] > best || (bv[w] == best && wi < idx))) {
-          best = bv[w];
-          idx = wi;
-        }
-      }
-      if (empty) idx = -1;
-      a.argmax[i] = idx;
-      T* oh = a.out + i * a.Dv;
-      const T none = empty ? T(0) : std::numeric_limits<T>::quiet_NaN();  // no arg-max in a NaN row
-      if (std::isnan(lt)) idx = -1;  // a NaN score in the row: the output is NaN
-      for (int64_t d = 0; d < a.Dv; ++d) oh[d] = idx >= 0 ? vT[d * Nkp + idx] : none;
-    }
+    T accs[kSmallDMax] = {};  // (Dv <= DVP <= kSmallDMax)
+    for (int d = 0; d < DVP; ++d)
+      accs[d] = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[r][d]);
+    pool[r].finish(a.out, b * Nq + i0 + r, accs, value);
   }
 }
 
@@ -207,20 +157,15 @@ void small_d_forward_impl(const SmallDArgs<T>& a) {
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk;
   constexpr int64_t kRowsPerTask = 8 * R;
   const int64_t nqb = (Nq + kRowsPerTask - 1) / kRowsPerTask;
-  parallel_tasks(B * nqb, kRowsPerTask * std::max<int64_t>(Nk, 1), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nqb, i0 = balanced(t % nqb, nqb) * kRowsPerTask;
-      const int64_t i1 = std::min(Nq, i0 + kRowsPerTask);
-      for (int64_t i = i0; i < i1; i += R) {
-        const int64_t nr = std::min<int64_t>(R, i1 - i);
-        if (mp.pooling == kHard)
-          small_d_rows<T, R, DP, DVP, kHard>(a, b, i, nr);
-        else if (mp.pooling == kAverage)
-          small_d_rows<T, R, DP, DVP, kAverage>(a, b, i, nr);
-        else
-          small_d_rows<T, R, DP, DVP, kSoft>(a, b, i, nr);
+  dispatch_pooling(mp.pooling, [&](auto P) {
+    using Lanes = typename CpuPooling<decltype(P)::value, T>::Lanes;
+    parallel_tasks(B * nqb, kRowsPerTask * std::max<int64_t>(Nk, 1), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nqb, i0 = balanced(t % nqb, nqb) * kRowsPerTask;
+        const int64_t i1 = std::min(Nq, i0 + kRowsPerTask);
+        for (int64_t i = i0; i < i1; i += R) small_d_rows<T, R, DP, DVP, Lanes>(a, b, i, std::min<int64_t>(R, i1 - i));
       }
-    }
+    });
   });
 }
 

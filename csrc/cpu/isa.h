@@ -1,6 +1,7 @@
 // CPU vector ISA of the kernels: the extension is compiled for AVX2 + FMA (setup.py), and the
-// additive family's kernels are compiled a second time for AVX-512 (additive_avx512.cpp),
-// chosen at run time (runtime_isa). ISA-neutral: safe to include in any translation unit.
+// additive family's kernels and the bilinear uniform scores are compiled a second time for
+// AVX-512 (kernels_avx512.cpp), chosen at run time (runtime_isa). ISA-neutral: safe to include
+// in any translation unit.
 #pragma once
 
 // Namespace of code compiled once per ISA (inline, so call sites need not name it); at::vec

@@ -14,7 +14,7 @@
 #endif
 
 namespace attnzoo::cpu {
-// In the per-ISA namespace like the kernels (additive_avx512.cpp compiles them for AVX-512 too).
+// In the per-ISA namespace like the kernels (kernels_avx512.cpp compiles them for AVX-512 too).
 inline namespace ATTNZOO_ISA {
 
 // f(begin, end) over contiguous chunks of the tasks [0, n) on torch's intra-op threads

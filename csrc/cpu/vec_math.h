@@ -86,6 +86,27 @@ inline T exp_sub_sum(T* x, int64_t n, T m) {
   return s;
 }
 
+// x = (x != -inf ? w : 0) in place; returns how many x were not -inf.
+template <typename T>
+inline T finite_to(T* x, int64_t n, T w) {
+  using V = Vectorized<T>;
+  const V ninf(-std::numeric_limits<T>::infinity()), wv(w), zero(T(0)), one(T(1));
+  V cnt(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    const V is_ninf = V::loadu(x + j) == ninf;
+    V::blendv(wv, zero, is_ninf).store(x + j);
+    cnt = cnt + V::blendv(one, zero, is_ninf);
+  }
+  T c = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, cnt);
+  for (; j < n; ++j) {
+    const bool in = x[j] != -std::numeric_limits<T>::infinity();
+    x[j] = in ? w : T(0);
+    c += in ? T(1) : T(0);
+  }
+  return c;
+}
+
 // exp(x) for x <= 88; x < -87.3 (and -inf) give <= 1.2e-38 instead of 0, i.e. nothing next to
 // the >= 1 term of the running max: Cephes' expf polynomial, ~1 ulp; cheaper than exp_u20 as it
 // needs no range masks. Double uses Sleef's exp (u10).

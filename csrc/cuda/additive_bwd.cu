@@ -18,11 +18,11 @@ Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pooling, causal, window);
-  const auto o = (pooling == kHard ? soft_out : out).contiguous();
+  const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
   const int64_t H = a.size(2);
   auto da = at::zeros_like(ac), db = at::zeros_like(bc), dv = at::zeros_like(vc);
-  const bool with_dw = pooling != kAverage && H > 0;
+  const bool with_dw = pooling_traits(pooling).score_grad && H > 0;
   const auto dw_ws = with_dw ? at::zeros({a.size(0) * key_tiles(b.size(1)), H}, a.options().dtype(acc_type(a.scalar_type())))
                              : at::Tensor();
   ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.additive_bwd", [&] {

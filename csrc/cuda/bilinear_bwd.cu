@@ -18,7 +18,7 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pooling, causal, window);
-  const auto o = (pooling == kHard ? soft_out : out).contiguous();
+  const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto kbc = contiguous_opt(key_bias);
   auto dq = at::zeros_like(qc), dk = at::zeros_like(kc), dv = at::zeros_like(vc);

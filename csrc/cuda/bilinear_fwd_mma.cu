@@ -1,20 +1,24 @@
 // Tensor-core forward of the bilinear family for float16 / bfloat16 (sm_80+):
 // flash-attention-2 style. A block of 4 warps owns 64 queries (16 per warp, Q fragments in
 // registers); key tiles of 64 keys (K and V) are staged in shared memory; S = Q K^T and
-// O += P V run on mma.sync.m16n8k16 with float32 accumulation; the online softmax (and the
-// online arg-max of hard pooling, first index on ties) runs on the accumulator fragments.
+// O += P V run on mma.sync.m16n8k16 with float32 accumulation; the pooling policy
+// (pooling.cuh: the online softmax, and hard pooling's arg-max, first index on ties) runs on the
+// accumulator fragments.
 // Key tiles outside every row's valid range (causal / window / valid_lens) are skipped;
 // element checks are skipped for tiles inside every row's range when there is no mask.
-// Supported: D == Dv in {64, 128}, soft and hard pooling; bilinear_fwd_cuda falls back to
-// the generic kernel otherwise.
+// Supported: D == Dv in {64, 128}, the poolings that read scores (soft, hard); bilinear_fwd
+// falls back to the generic kernel otherwise.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <vector>
 
 #include "common/validate.h"
 #include "cuda/common.cuh"
 #include "cuda/ops_cuda.h"
+#include "cuda/pooling.cuh"
 
 namespace attnzoo {
 namespace cuda {
@@ -34,8 +38,8 @@ struct MmaFwdParams {
   MaskParams mp;
   uint16_t* out;
   float* lse;
-  int64_t* argmax;    // hard only
-  uint16_t* soft_out; // hard only
+  int64_t* argmax;     // poolings with an arg-max
+  uint16_t* soft_out;  // poolings with a soft_out
 };
 
 template <bool BF16>
@@ -87,35 +91,61 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, ui
 #endif
 }
 
-// Arg-max over the 4 lanes of a quad (one accumulator row), ties to the smallest index.
-__device__ __forceinline__ void quad_argmax(float& val, int64_t& idx) {
+// The outputs of row h of a warp's fragment (see pooling.cuh): lane (g, tig) holds the columns
+// nt * 8 + 2 tig, + 1 of o[nt][2 h], o[nt][2 h + 1].
+template <bool BF16, int HD>
+struct MmaRowSink {
+  static constexpr int OT = HD / 8;
+  const MmaFwdParams& p;
+  const float (&o)[OT][4];
+  const uint16_t* V;  // the batch's values
+  int64_t b, row;
+  int h, tig;
+
+  __device__ __forceinline__ uint16_t* dst(OutSlot slot) const {
+    return (slot == kOut ? p.out : p.soft_out) + (b * p.Nq + row) * HD;
+  }
+  __device__ __forceinline__ void acc(OutSlot slot, float scale) {
+    uint16_t* d = dst(slot);
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, val, off);
-    const long long oi = __shfl_xor_sync(0xffffffffu, static_cast<long long>(idx), off);
-    if (oi >= 0 && (idx < 0 || ov > val || (ov == val && oi < idx))) {
-      val = ov;
-      idx = oi;
+    for (int nt = 0; nt < OT; ++nt) {
+      const int col = nt * 8 + 2 * tig;
+      *reinterpret_cast<uint32_t*>(d + col) = pack2<BF16>(o[nt][2 * h] * scale, o[nt][2 * h + 1] * scale);
     }
   }
-}
+  __device__ __forceinline__ void value(OutSlot slot, int64_t key, float fill) {
+    uint16_t* d = dst(slot);
+#pragma unroll
+    for (int nt = 0; nt < OT; ++nt) {
+      const int col = nt * 8 + 2 * tig;
+      *reinterpret_cast<uint32_t*>(d + col) =
+          key >= 0 ? *reinterpret_cast<const uint32_t*>(V + key * HD + col) : pack2<BF16>(fill, fill);
+    }
+  }
+  __device__ __forceinline__ void lse(float x) {
+    if (tig == 0) p.lse[b * p.Nq + row] = x;
+  }
+  __device__ __forceinline__ void argmax(int64_t j) {
+    if (tig == 0) p.argmax[b * p.Nq + row] = j;
+  }
+};
 
-template <bool BF16, int HD>
+template <bool BF16, int HD, class Pool>
 __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams p) {
+  static_assert(Pool::kTraits.scan_passes == 0, "multi-pass poolings: not in the tensor-core forward yet");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int LD = HD + 8;  // smem row pitch in elements: 16-byte aligned, staggers banks
   constexpr int NT = kBK / 8;  // n-tiles of S
   constexpr int OT = HD / 8;   // n-tiles of O
   __shared__ __align__(16) uint16_t sK[kBK * LD];
   __shared__ __align__(16) uint16_t sV[kBK * LD];
-  __shared__ int64_t sLo[kBQ], sHi[kBQ];
+  __shared__ RowRanges<kBQ> ranges;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
   const int64_t Nq = p.Nq, Nk = p.Nk;
   const int64_t nQT = ceil_div(Nq, kBQ);
   const int64_t b = blockIdx.x / nQT, q0 = (blockIdx.x % nQT) * kBQ;
   const MaskParams& mp = p.mp;
-  const bool hard = mp.pooling == kHard;
   const uint16_t* Q = p.q + b * Nq * HD;
   const uint16_t* K = p.k + b * Nk * HD;
   const uint16_t* V = p.v + b * Nk * HD;
@@ -129,12 +159,12 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
     row[h] = q0 + warp * 16 + g + 8 * h;
     kr[h] = query_row(mp, b, row[h], mrow[h]);
     if (tig == 0) {
-      sLo[warp * 16 + g + 8 * h] = kr[h].lo;
-      sHi[warp * 16 + g + 8 * h] = kr[h].hi;
+      ranges.lo[warp * 16 + g + 8 * h] = kr[h].lo;
+      ranges.hi[warp * 16 + g + 8 * h] = kr[h].hi;
     }
   }
   __syncthreads();
-  const KeySpan span = key_span<kBQ>(sLo, sHi, Nk);
+  const KeySpan span = key_span<kBQ>(ranges.lo, ranges.hi, Nk);
 
   // Q fragments (A operand, row-major 16 x 16 per k-step).
   uint32_t qf[HD / 16][4];
@@ -150,8 +180,9 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
   float o[OT][4];
 #pragma unroll
   for (int nt = 0; nt < OT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, best[2] = {-INFINITY, -INFINITY};
-  int64_t barg[2] = {-1, -1};
+  Pool pool[2];  // rows g and g + 8 of the warp's 16
+  pool[0].init();
+  pool[1].init();
 
   for (int64_t j0 = (span.lo / kBK) * kBK; j0 < span.hi; j0 += kBK) {
     __syncthreads();  // the previous tile's readers are done with sK / sV
@@ -182,8 +213,6 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
     }
 
     const bool full = mp.mask == nullptr && j0 >= span.all_lo && j0 + kBK <= span.all_hi;
-    float tmax[2] = {-INFINITY, -INFINITY};
-    int64_t targ[2] = {-1, -1};
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -191,47 +220,15 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
         const int h = e >> 1;
         const int64_t j = j0 + nt * 8 + 2 * tig + (e & 1);
         const bool ok = full || (j >= kr[h].lo && j < kr[h].hi && mask_ok(mp, mrow[h], j));
-        float sv = -INFINITY;
-        if (ok) {
-          sv = s[nt][e] * p.scale + (KB ? to_float<BF16>(KB[j]) : 0.f);
-          // a -inf score is no candidate: a row of only -inf scores is empty (argmax -1, out 0)
-          if (sv != -INFINITY && (targ[h] < 0 || sv > tmax[h])) {  // ascending j within the thread
-            tmax[h] = sv;
-            targ[h] = j;
-          }
-        }
-        s[nt][e] = sv;
+        s[nt][e] = ok ? s[nt][e] * p.scale + (KB ? to_float<BF16>(KB[j]) : 0.f) : -INFINITY;
       }
     }
     float alpha[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      quad_argmax(tmax[h], targ[h]);
-      if (targ[h] >= 0 && (barg[h] < 0 || tmax[h] > best[h])) {
-        best[h] = tmax[h];
-        barg[h] = targ[h];
-      }
-      const float m_new = targ[h] >= 0 ? fmaxf(m[h], tmax[h]) : m[h];
-      alpha[h] = m[h] == -INFINITY ? 0.f : __expf(m[h] - m_new);
-      m[h] = m_new;
-    }
-    float lsum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        const float pr = s[nt][e] == -INFINITY ? 0.f : __expf(s[nt][e] - m[h]);
-        s[nt][e] = pr;
-        lsum[h] += pr;
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      lsum[h] += __shfl_xor_sync(0xffffffffu, lsum[h], 1);
-      lsum[h] += __shfl_xor_sync(0xffffffffu, lsum[h], 2);
-      l[h] = l[h] * alpha[h] + lsum[h];
-    }
+    for (int h = 0; h < 2; ++h)  // row h's entries: n = 2 nt + c at s[nt][2 h + c], key j0 + 8 nt + 2 tig + c
+      alpha[h] = pool[h].template weigh<2 * NT>([&](int n) -> float& { return s[n >> 1][2 * h + (n & 1)]; },
+                                                [&](int n) { return j0 + (n >> 1) * 8 + 2 * tig + (n & 1); },
+                                                QuadLanes{});
 #pragma unroll
     for (int nt = 0; nt < OT; ++nt) {
       o[nt][0] *= alpha[0];
@@ -259,34 +256,45 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (row[h] >= Nq) continue;
-    const float inv = l[h] == 0.f ? 0.f : 1.f / l[h];  // 0: no valid key; NaN scores make the row NaN
-    const int64_t base = (b * Nq + row[h]) * HD;
-    uint16_t* dst = hard ? p.soft_out : p.out;
-#pragma unroll
-    for (int nt = 0; nt < OT; ++nt) {
-      const int col = nt * 8 + 2 * tig;
-      *reinterpret_cast<uint32_t*>(dst + base + col) = pack2<BF16>(o[nt][2 * h] * inv, o[nt][2 * h + 1] * inv);
-      if (hard)
-        *reinterpret_cast<uint32_t*>(p.out + base + col) =
-            barg[h] >= 0 && !isnan(l[h]) ? *reinterpret_cast<const uint32_t*>(V + barg[h] * HD + col)
-                         : (l[h] == 0.f ? 0u : pack2<BF16>(NAN, NAN));
-    }
-    if (tig == 0) {
-      p.lse[b * Nq + row[h]] = l[h] == 0.f ? -INFINITY : m[h] + __logf(l[h]);
-      if (hard) p.argmax[b * Nq + row[h]] = barg[h];
-    }
+    MmaRowSink<BF16, HD> sink{p, o, V, b, row[h], h, tig};
+    pool[h].finish(sink);
   }
 #else
-  __trap();  // compiled for an architecture without m16n8k16 (the host side checks sm_80+)
+  __trap();  // compiled for an architecture without m16n8k16: never launched (tensor_core_image)
 #endif
+}
+
+// Whether the current device (dev) runs an image of the tensor-core kernel compiled for sm_80+.
+// The device's compute capability is not enough: a build without an sm_80+ image (e.g.
+// TORCH_CUDA_ARCH_LIST="7.5+PTX") compiles the kernel body for compute_75 as the __trap() above,
+// and an A100 / H100 JIT-compiles that PTX and traps. The kernel's attributes name the PTX
+// version of the image the device loaded; every instantiation lives in this translation unit's
+// fatbinary, so one of them speaks for all. Cached per device.
+bool tensor_core_image(int dev) {
+  static std::mutex mu;
+  static std::vector<int8_t> known;  // per device: -1 not asked yet, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= static_cast<int>(known.size())) known.resize(dev + 1, -1);
+  if (known[dev] < 0) {
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, mma_fwd_kernel<false, 64, SoftmaxPool<float>>));
+    known[dev] = attr.ptxVersion >= 80 ? 1 : 0;
+  }
+  return known[dev] == 1;
 }
 
 template <bool BF16, int HD>
 void launch(const MmaFwdParams& p, int64_t B) {
   const int64_t blocks = B * ceil_div(p.Nq, kBQ);
   TORCH_CHECK(blocks < (int64_t(1) << 31), "attnzoo: problem too large for the CUDA grid");
-  mma_fwd_kernel<BF16, HD><<<static_cast<unsigned>(blocks), kMmaThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_pooling(p.mp.pooling, [&](auto P) {
+    using Pool = typename CudaPooling<decltype(P)::value, float>::type;
+    if constexpr (Pool::kTraits.scores) {  // (bilinear_fwd_mma declines the others)
+      mma_fwd_kernel<BF16, HD, Pool>
+          <<<static_cast<unsigned>(blocks), kMmaThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
 }
 
 }  // namespace
@@ -297,16 +305,14 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const auto dt = q.scalar_type();
   if (dt != at::kHalf && dt != at::kBFloat16) return false;
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
-  if (D != Dv || (D != 64 && D != 128) || pooling == kAverage || B * Nq == 0) return false;
+  // (a pooling that reads no scores gains nothing from the tensor cores)
+  if (D != Dv || (D != 64 && D != 128) || !pooling_traits(pooling).scores || B * Nq == 0) return false;
   // 16-byte vector loads: a contiguous view with a storage offset may be misaligned.
   for (const at::Tensor* t : {&q, &k, &v})
     if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return false;
-  int dev = q.get_device(), major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (major < 8) return false;
   if (std::getenv("ATTNZOO_CUDA_NO_MMA")) return false;  // debugging / A-B comparisons
+  if (!tensor_core_image(q.get_device())) return false;   // (the caller's guard made it current)
 
-  const bool hard = pooling == kHard;
   result = empty_fwd_outputs(q, Dv, pooling, dt);
   const auto& out = std::get<0>(result);
   const auto& lse = std::get<1>(result);
@@ -324,8 +330,8 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   p.mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
   p.out = reinterpret_cast<uint16_t*>(out.mutable_data_ptr());
   p.lse = lse.mutable_data_ptr<float>();
-  p.argmax = hard ? argmax.mutable_data_ptr<int64_t>() : nullptr;
-  p.soft_out = hard ? reinterpret_cast<uint16_t*>(soft_out.mutable_data_ptr()) : nullptr;
+  p.argmax = argmax.numel() ? argmax.mutable_data_ptr<int64_t>() : nullptr;
+  p.soft_out = soft_out.numel() ? reinterpret_cast<uint16_t*>(soft_out.mutable_data_ptr()) : nullptr;
   const bool bf16 = dt == at::kBFloat16;
   if (bf16 && D == 64) launch<true, 64>(p, B);
   if (bf16 && D == 128) launch<true, 128>(p, B);

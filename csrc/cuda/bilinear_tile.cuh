@@ -65,12 +65,7 @@ struct BilinearTile {
 #pragma unroll
       for (int i = 0; i < C / 8; ++i) g.dkb += sm.p[r][c8 + 8 * i];
     }
-#pragma unroll 4
-    for (int c = 0; c < C; ++c) {
-      const A d = sm.p[r][c];
-#pragma unroll
-      for (int io = 0; io < OC / 8; ++io) g.g[io] += d * sm.v[c][c8 + 8 * io];
-    }
+    accumulate_pv(g.g, sm);
   }
 
   template <bool KEY_ROWS, int C, int KC, int OC>

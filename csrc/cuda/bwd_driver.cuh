@@ -4,12 +4,13 @@
 //   * dq_kernel  : rows = queries, loops over key tiles  -> dq (bilinear) / da (additive)
 //   * dkv_kernel : rows = keys,    loops over query tiles -> dk / db (and the family's own
 //                  outputs: dkey_bias / dw partials) and dv; grid.z walks OC-column chunks of [dk | dv].
-// ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i with o = soft_out for hard
-// pooling (straight-through); dv uses p (soft), the one-hot of argmax (hard) or 1/count
-// (average, where ds = 0 and dq = dk = 0).
+// The pooling policy (pooling.cuh) gives ds from dp_ij = dO_i . v_j (softmax and hard:
+// ds_ij = p_ij (dp_ij - D_i), D_i = dO_i . o_i - grad_lse_i with o = softmax_output) and dv's
+// weights (p for soft, the one-hot of argmax for hard, 1/count for average, which has no ds).
 #pragma once
 
 #include "cuda/common.cuh"
+#include "cuda/pooling.cuh"
 
 namespace attnzoo {
 namespace cuda {
@@ -21,9 +22,7 @@ struct BwdParams {
   int64_t B, Nq, Nk, D, Dv;
   MaskParams mp;
   const T* dout;          // (B, Nq, Dv)
-  const A* lse;           // (B, Nq)
-  const A* delta;         // (B, Nq) D_i (nullptr for average)
-  const int64_t* argmax;  // (B, Nq) hard only
+  SavedRows<A> saved;     // lse, D_i, argmax per query row
   T* dx;                  // dq / da (B, Nq, D)
   T* dy;                  // dk / db (B, Nk, D)
   T* dv;                  // (B, Nk, Dv)
@@ -33,72 +32,64 @@ struct BwdParams {
 // Key tiles of the dk / dv kernel (the additive family's dw partials are per key tile).
 __host__ __device__ __forceinline__ int64_t key_tiles(int64_t Nk) { return ceil_div(Nk, kRows); }
 
-template <class Family, class T, class A>
+template <class Family, class Pool, class T, class A>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T, A> p) {
   constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8;
   __shared__ TileSmem<A, C, KC, OC> sm;
-  __shared__ int64_t sLo[R], sHi[R];
-
-  const MaskParams& mp = p.mp;
-  const QueryThread qt = query_thread<OC>(mp);
-  const int r = qt.r, c8 = qt.c8;
-  const int64_t b = qt.b, q0 = qt.q0, oc0 = qt.oc0, i = qt.i;
-  KeyRange kr = qt.kr;
-  const bool* mrow = qt.mrow;
-  A lse_i = 0, d_i = 0;
-  if (i < p.Nq) {
-    lse_i = p.lse[b * p.Nq + i];
-    d_i = p.delta[b * p.Nq + i];
-    if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
+  __shared__ RowRanges<R> ranges;
+  QueryThread qt = query_thread<OC>(p.mp);
+  typename Pool::Row row = Pool::none();
+  if (qt.i < p.Nq) {
+    row = Pool::load(p.saved, qt.b * p.Nq + qt.i);
+    if (!Pool::active(row)) qt.kr.hi = qt.kr.lo;  // empty row (or only -inf scores): no gradient
   }
-  const KeySpan span = publish_rows<R>(kr, r, c8 == 0, sLo, sHi, p.Nk);
+  const KeySpan span = ranges.publish(qt.kr, qt.r, qt.c8 == 0, p.Nk);
 
-  const T* V = p.v + b * p.Nk * p.Dv;
-  const T* DO = p.dout + b * p.Nq * p.Dv;
-  const T* Y = p.fam.y + b * p.Nk * p.D;  // the keys' features, staged for dscore
-  const Tile tile0{b, q0, p.Nq, 0, p.Nk};
+  const T* V = p.v + qt.b * p.Nk * p.Dv;
+  const T* DO = p.dout + qt.b * p.Nq * p.Dv;
+  const T* Y = p.fam.y + qt.b * p.Nk * p.D;  // the keys' features, staged for dscore
+  const Tile tile0{qt.b, qt.q0, p.Nq, 0, p.Nk};
 
   typename Family::template Grad<OC / 8> g;
-  p.fam.template dscore_begin<false>(g, tile0, oc0);
+  p.fam.template dscore_begin<false>(g, tile0, qt.oc0);
 
   for (int64_t j0 = (span.lo / C) * C; j0 < span.hi; j0 += C) {
-    const Tile tile{b, q0, p.Nq, j0, p.Nk};
+    const Tile tile{qt.b, qt.q0, p.Nq, j0, p.Nk};
     A s[NI], dp[NI];
     p.fam.template score<false>(tile, sm, s);
-    contract_tile(DO, q0, p.Nq, V, j0, p.Nk, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
+    contract_tile(DO, qt.q0, p.Nq, V, j0, p.Nk, p.Dv, static_cast<const T*>(nullptr), sm, dp, DotTerm{});
 #pragma unroll
     for (int ii = 0; ii < NI; ++ii) {
-      const int64_t j = j0 + c8 + 8 * ii;
+      const int64_t j = j0 + qt.c8 + 8 * ii;
       A ds = 0;
-      if (j >= kr.lo && j < kr.hi && mask_ok(mp, mrow, j)) ds = dexp(s[ii] - lse_i) * (dp[ii] - d_i);
-      sm.p[r][c8 + 8 * ii] = ds;
+      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) ds = Pool::dscore(row, s[ii], dp[ii]);
+      sm.p[qt.r][qt.c8 + 8 * ii] = ds;
     }
-    stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, oc0, sm.v);
+    stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, qt.oc0, sm.v);
     __syncthreads();
     p.fam.template dscore<false>(g, sm);
     __syncthreads();
   }
-  p.fam.template dscore_store<false>(g, tile0, oc0, blockIdx.z == 0, p.dx, sm);
+  p.fam.template dscore_store<false>(g, tile0, qt.oc0, blockIdx.z == 0, p.dx, sm);
 }
 
-template <class Family, class T, class A>
+template <class Family, class Pool, class T, class A>
 __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T, A> p) {
   constexpr int R = kRows, C = Cfg<A>::C, KC = Cfg<A>::KC, OC = Cfg<A>::OC, NI = C / 8, NO = OC / 8;
   __shared__ TileSmem<A, C, KC, OC> sm;
-  __shared__ int64_t sLo[C], sHi[C], sArg[C];
-  __shared__ A sLse[C], sDelta[C];
+  __shared__ int64_t sLo[C], sHi[C];
+  __shared__ typename Pool::Row sRow[C];  // the queries' saved statistics
 
   const int t = threadIdx.x, r = t >> 3, c8 = t & 7;
   const int64_t nKT = key_tiles(p.Nk);
   const int64_t b = blockIdx.x / nKT, kt = blockIdx.x % nKT, k0 = kt * R;
   const int64_t j = k0 + r;  // this thread's key
   const MaskParams& mp = p.mp;
-  const int pooling = static_cast<int>(mp.pooling);
   const int64_t nzk = max(int64_t(1), ceil_div(p.D, OC));  // chunks of dk (>= 1: dkey_bias lives in chunk 0)
   const int64_t z = static_cast<int64_t>(blockIdx.z) + p.z_begin;
   const bool is_dk = z < nzk;
   const int64_t oc0 = (is_dk ? z : z - nzk) * OC;
-  const bool need_s = pooling != kAverage && (is_dk || pooling == kSoft);
+  const bool need_s = Pool::kTraits.scores && (is_dk || Pool::kDvScores);
 
   // Queries that can see a key of [k0, k0 + R).
   int64_t qlo = 0, qhi = p.Nq;
@@ -124,20 +115,15 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
     if (t < C) {
       const int64_t i = q0 + t;
       KeyRange kr{0, 0};
-      A lse_i = 0, d_i = 0;
-      int64_t a_i = -1;
+      typename Pool::Row row = Pool::none();
       if (i < p.Nq) {
         kr = row_range(mp, b, i);
-        lse_i = p.lse[b * p.Nq + i];
-        if (p.delta) d_i = p.delta[b * p.Nq + i];
-        if (pooling == kHard) a_i = p.argmax[b * p.Nq + i];
-        if (lse_i == neg_inf<A>()) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
+        row = Pool::load(p.saved, b * p.Nq + i);
+        if (!Pool::active(row)) kr.hi = kr.lo;  // empty row (or only -inf scores): no gradient
       }
       sLo[t] = kr.lo;
       sHi[t] = kr.hi;
-      sLse[t] = lse_i;
-      sDelta[t] = d_i;
-      sArg[t] = a_i;
+      sRow[t] = row;
     }
     // (score / contract_tile synchronise before anyone reads the row info; when they are
     //  skipped the __syncthreads below does.)
@@ -162,11 +148,9 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
       const bool ok = j >= sLo[ci] && j < sHi[ci] && mask_ok(mp, mask_row(mp, b, i), j);
       A val = 0;
       if (is_dk) {
-        if (ok) val = dexp(s[ii] - sLse[ci]) * (dp[ii] - sDelta[ci]);
-      } else if (pooling == kHard) {
-        val = sArg[ci] == j ? A(1) : A(0);
-      } else if (ok) {
-        val = dexp((pooling == kAverage ? A(0) : s[ii]) - sLse[ci]);
+        if (ok) val = Pool::dscore(sRow[ci], s[ii], dp[ii]);
+      } else {
+        val = Pool::dv_weight(sRow[ci], s[ii], j, ok);
       }
       sm.p[r][ci] = val;
     }
@@ -175,16 +159,10 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
     else
       stage_rows<T, A, C, OC>(DO, q0, p.Nq, p.Dv, oc0, sm.v);
     __syncthreads();
-    if (is_dk) {
+    if (is_dk)
       p.fam.template dscore<true>(g, sm);
-    } else {
-#pragma unroll 4
-      for (int c = 0; c < C; ++c) {
-        const A d = sm.p[r][c];
-#pragma unroll
-        for (int io = 0; io < NO; ++io) gv[io] += d * sm.v[c][c8 + 8 * io];
-      }
-    }
+    else
+      accumulate_pv(gv, sm);
     __syncthreads();
   }
 
@@ -201,8 +179,8 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
 }
 
 // Runs the generic backward of family policy `fam` (its inputs contiguous; its own outputs
-// zero-initialised) into the zero-initialised dx, dy, dv. grad_out, v and o_for_delta (out, or
-// soft_out for hard pooling) must be contiguous; grad_lse any layout. Call inside a dtype
+// zero-initialised) into the zero-initialised dx, dy, dv. grad_out, v and o_for_delta
+// (softmax_output) must be contiguous; grad_lse any layout. Call inside a dtype
 // dispatch (T = scalar_t).
 template <class Family, class T>
 void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& v,
@@ -212,15 +190,15 @@ void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor&
   constexpr int OC = Cfg<A>::OC;
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk, D = fam.D, Dv = v.size(2);
   if (B * Nq == 0 || B * Nk == 0) return;
-  const int pooling = static_cast<int>(mp.pooling);
+  const PoolingTraits pt = pooling_traits(mp.pooling);
   at::Tensor delta;
-  if (pooling != kAverage) {
+  if (pt.score_grad) {
     delta = at::empty({B, Nq}, v.options().dtype(acc_type(v.scalar_type())));
     launch_delta<T>(grad_out, o_for_delta, grad_lse, delta);
   }
   const int64_t nKT = key_tiles(Nk), nQT = ceil_div(Nq, kRows);
   const auto lse_c = lse.contiguous();
-  const auto arg_c = pooling == kHard ? argmax.contiguous() : argmax;
+  const auto arg_c = pt.argmax ? argmax.contiguous() : argmax;
   auto stream = c10::cuda::getCurrentCUDAStream();
   BwdParams<Family, T, A> p{fam};
   p.v = v.const_data_ptr<T>();
@@ -231,28 +209,32 @@ void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor&
   p.Dv = Dv;
   p.mp = mp;
   p.dout = grad_out.const_data_ptr<T>();
-  p.lse = lse_c.const_data_ptr<A>();
-  p.delta = pooling != kAverage ? delta.const_data_ptr<A>() : nullptr;
-  p.argmax = pooling == kHard ? arg_c.const_data_ptr<int64_t>() : nullptr;
+  p.saved = SavedRows<A>{lse_c.const_data_ptr<A>(), pt.score_grad ? delta.const_data_ptr<A>() : nullptr,
+                         pt.argmax ? arg_c.const_data_ptr<int64_t>() : nullptr};
   p.dx = dx.mutable_data_ptr<T>();
   p.dy = dy.mutable_data_ptr<T>();
   p.dv = dv.mutable_data_ptr<T>();
   const int64_t nzk = std::max<int64_t>(1, ceil_div(D, OC)), nzv = ceil_div(Dv, OC);
   TORCH_CHECK(B * std::max(nQT, nKT) < (int64_t(1) << 31) && nzk + nzv < 65536,
               "attnzoo: problem too large for the CUDA grid");
-  if (pooling != kAverage && D > 0) {  // dq / da
-    dim3 grid(static_cast<unsigned>(B * nQT), 1, static_cast<unsigned>(nzk));
-    dq_kernel<Family, T, A><<<grid, kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  // dk / db chunks (not for average: ds = 0) then dv chunks.
-  p.z_begin = pooling == kAverage ? static_cast<int>(nzk) : 0;
-  const int64_t nz = nzk + nzv - p.z_begin;
-  if (nz > 0) {
-    dim3 grid(static_cast<unsigned>(B * nKT), 1, static_cast<unsigned>(nz));
-    dkv_kernel<Family, T, A><<<grid, kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  dispatch_pooling(mp.pooling, [&](auto P) {
+    using Pool = typename CudaPooling<decltype(P)::value, A>::type;
+    if constexpr (Pool::kTraits.score_grad) {  // dq / da
+      if (D > 0) {
+        dim3 grid(static_cast<unsigned>(B * nQT), 1, static_cast<unsigned>(nzk));
+        dq_kernel<Family, Pool, T, A><<<grid, kThreads, 0, stream>>>(p);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    // dk / db chunks (only with a score gradient) then dv chunks.
+    p.z_begin = Pool::kTraits.score_grad ? 0 : static_cast<int>(nzk);
+    const int64_t nz = nzk + nzv - p.z_begin;
+    if (nz > 0) {
+      dim3 grid(static_cast<unsigned>(B * nKT), 1, static_cast<unsigned>(nz));
+      dkv_kernel<Family, Pool, T, A><<<grid, kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
 }
 
 }  // namespace cuda

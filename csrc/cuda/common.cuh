@@ -179,6 +179,19 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ X, int64_t x0, 
   }
 }
 
+// acc[io] += sum over c < C of sm.p[r][c] sm.v[c][c8 + 8 io]: the tile's weights (or dS) times the
+// staged rows (P.V, dS.K, dS^T.Q, P^T.dO); after a __syncthreads that published both.
+template <class A, int C, int KC, int OC>
+__device__ __forceinline__ void accumulate_pv(A (&acc)[OC / 8], const TileSmem<A, C, KC, OC>& sm) {
+  const int r = threadIdx.x >> 3, c8 = threadIdx.x & 7;
+#pragma unroll 4
+  for (int c = 0; c < C; ++c) {
+    const A pc = sm.p[r][c];
+#pragma unroll
+    for (int io = 0; io < OC / 8; ++io) acc[io] += pc * sm.v[c][c8 + 8 * io];
+  }
+}
+
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // --- the prologue of the kernels whose rows are queries (forward, dq, tensor-core forward) ---
@@ -194,7 +207,7 @@ __device__ __forceinline__ KeyRange query_row(const MaskParams& mp, int64_t b, i
 // A generic kernel's thread on a query tile: block (b, query tile) x grid.z (output chunk oc0,
 // OC columns wide); thread t has row r = t / 8 (query i) and lane c8 = t % 8.
 struct QueryThread {
-  int t, r, c8;
+  int r, c8;
   int64_t b, q0, oc0, i;
   KeyRange kr;  // query i's valid keys
   const bool* mrow;
@@ -203,9 +216,8 @@ struct QueryThread {
 template <int OC>
 __device__ __forceinline__ QueryThread query_thread(const MaskParams& mp) {
   QueryThread q;
-  q.t = threadIdx.x;
-  q.r = q.t >> 3;
-  q.c8 = q.t & 7;
+  q.r = threadIdx.x >> 3;
+  q.c8 = threadIdx.x & 7;
   const int64_t nQT = ceil_div(mp.Nq, kRows);
   q.b = blockIdx.x / nQT;
   q.q0 = (blockIdx.x % nQT) * kRows;
@@ -236,17 +248,21 @@ __device__ __forceinline__ KeySpan key_span(const int64_t* sLo, const int64_t* s
   return s;
 }
 
-// Row r's range from its leader thread into shared memory, then the block's key span (block-wide).
+// The rows' key ranges of a block in shared memory.
 template <int N>
-__device__ __forceinline__ KeySpan publish_rows(KeyRange kr, int r, bool leader, int64_t* sLo, int64_t* sHi,
-                                                int64_t Nk) {
-  if (leader) {
-    sLo[r] = kr.lo;
-    sHi[r] = kr.hi;
+struct RowRanges {
+  int64_t lo[N], hi[N];
+
+  // Row r's range from its leader thread, then the block's key span (block-wide).
+  __device__ __forceinline__ KeySpan publish(KeyRange kr, int r, bool leader, int64_t Nk) {
+    if (leader) {
+      lo[r] = kr.lo;
+      hi[r] = kr.hi;
+    }
+    __syncthreads();
+    return key_span<N>(lo, hi, Nk);
   }
-  __syncthreads();
-  return key_span<N>(sLo, sHi, Nk);
-}
+};
 
 // D_i = dO_i . o_i - grad_lse_i (one warp per row).
 template <class T, class A>
