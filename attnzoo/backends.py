@@ -12,8 +12,9 @@ from torch import Tensor
 from . import ops
 from .masks import MaskSpec
 from .ops import reference
+from .ops.schemas import PROFILES, TERMS
 from .pooling import masked_softmax, pool, straight_through
-from .scoring import Additive, Bilinear
+from .scoring import Bilinear, Elementwise
 
 BACKENDS = ("auto", "fused", "reference")
 # device -> dtypes the extension's kernels were compiled for, as it reports them
@@ -27,7 +28,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def fused_form(score, pooling: str, query: Tensor, key: Tensor) -> Bilinear | Additive | None:
+def fused_form(score, pooling: str, query: Tensor, key: Tensor) -> Bilinear | Elementwise | None:
     """The kernel family computing ``score`` on these inputs, or None."""
     if pooling == "average":  # scores unused: any bilinear form will do
         return Bilinear(query.new_zeros(*query.shape[:-1], 1), key.new_zeros(*key.shape[:-1], 1))
@@ -50,20 +51,20 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
                              f"(compiled: {', '.join(ops.compiled_devices()) or 'none'})"), None
     form = fused_form(score, pooling, query, key)
     if form is None:
-        why = f"score {type(score).__name__} has no fused form here (neither bilinear nor additive)"
+        why = f"score {type(score).__name__} has no fused form here (neither bilinear nor elementwise)"
         if backend == "fused":
             raise ValueError(f"backend: 'fused' is not available: {why}")
         return "reference", f"reference: {why}", None
-    if not isinstance(form, (Bilinear, Additive)):
-        raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Additive or None, got {form!r}")
+    if not isinstance(form, (Bilinear, Elementwise)):
+        raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Elementwise or None, got {form!r}")
     check_form(type(score).__name__, form, query, key)
-    family = type(form).__name__.lower()
+    family = type(form).__name__.lower() + (f" ({form.term}, {form.profile})" if isinstance(form, Elementwise) else "")
     dev = query.device.type
     where = "compiled kernels" if compiled else f"the ops' eager implementation (no compiled {dev} kernel)"
     return "fused", f"fused: {family} family, {query.device.type} / {query.dtype}, on {where}", form
 
 
-def check_form(name: str, form: Bilinear | Additive, query: Tensor, key: Tensor) -> None:
+def check_form(name: str, form: Bilinear | Elementwise, query: Tensor, key: Tensor) -> None:
     """The tensors of a score's fused form must fit the inputs: ``(..., Nq, F)`` per query,
     ``(..., Nk, F)`` per key, one feature size ``F``, the inputs' batch dims, dtype and device."""
     batch, nq, nk = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
@@ -98,7 +99,7 @@ def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
     return t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
 
 
-def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tensor, value: Tensor,
+def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Tensor, value: Tensor,
               spec: MaskSpec, return_weights: bool) -> tuple[Tensor, Tensor | None]:
     """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form."""
     nb = len(spec.batch)
@@ -109,7 +110,8 @@ def run_fused(form: Bilinear | Additive, pooling: str, query: Tensor, key: Tenso
         kb = None if form.key_bias is None else _flat(form.key_bias, nb)
         out, lse, argmax = ops.bilinear_attention(_flat(form.q, nb), _flat(form.k, nb), v, kb, form.scale, **kw)
     else:
-        out, lse, argmax = ops.additive_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v, **kw)
+        out, lse, argmax = ops.elementwise_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v,
+                                                     term=form.term, profile=form.profile, **kw)
     out = out.reshape(*spec.batch, *out.shape[1:])
     if not return_weights:
         return out, None
@@ -126,7 +128,7 @@ def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:
     if isinstance(form, Bilinear):
         s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
     else:
-        s = reference.additive_terms(form.a, form.b, form.w)[1]
+        s = reference.elementwise_scores(form.a, form.b, form.w, TERMS[form.term], PROFILES[form.profile])[2]
     p = masked_softmax(s, valid).to(query.dtype)
     if pooling != "hard":
         return p

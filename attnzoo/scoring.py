@@ -2,8 +2,8 @@
 
 A score is an ``nn.Module`` with ``forward(query (..., Nq, Dq), key (..., Nk, Dk)) -> (..., Nq, Nk)``.
 It may also implement ``fused(query, key)`` returning a :class:`Bilinear` or
-:class:`Additive` description, so the fused kernels can compute it without the
-``Nq x Nk`` matrix; scores without it run on the reference backend.
+:class:`Elementwise` description (the two kernel families), so the fused kernels can compute
+it without the ``Nq x Nk`` matrix; scores without it run on the reference backend.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+
+from .ops.schemas import PROFILES, TERMS
 
 
 @dataclass
@@ -27,12 +29,29 @@ class Bilinear:
 
 
 @dataclass
-class Additive:
-    """``s_ij = sum_h w_h tanh(a_ih + b_jh)``; a (..., Nq, H), b (..., Nk, H), w (H,)."""
+class Elementwise:
+    """``s_ij = g(r_ij)``, ``r_ij = sum_h w_h phi(a_ih, b_jh)``; a (..., Nq, H), b (..., Nk, H), w (H,).
+
+    ``term`` phi: ``"tanh"`` (``tanh(a + b)``: additive attention), ``"abs_diff"`` (``|a - b|``: an L1 /
+    Laplace score), ``"sq_diff"`` (``(a - b)^2``: Gaussian and compact Nadaraya-Watson kernels). The
+    kernels compute ``a - b`` themselves, never expanding the square, so scores of un-centred data
+    (inputs near 1e3) keep their precision: pass the raw features and put a per-feature scale in ``w``
+    (``w_h c_h^2`` for ``(c_h (a - b))^2``), not in ``a`` and ``b``.
+    ``profile`` g: ``"identity"``; ``"boxcar"`` (0 for ``r <= 1``, else -inf: uniform weights inside the
+    unit ball); ``"epanechnikov"`` (``log(1 - r)`` for ``r < 1``, else -inf). A row whose keys all score
+    -inf gets zero weights.
+    """
 
     a: Tensor
     b: Tensor
     w: Tensor
+    term: str = "tanh"
+    profile: str = "identity"
+
+    def __post_init__(self):
+        for arg, value, codes in (("term", self.term, TERMS), ("profile", self.profile, PROFILES)):
+            if value not in codes:
+                raise ValueError(f"Elementwise {arg}: got {value!r}, expected one of {tuple(codes)}")
 
 
 def check_size(name: str, value) -> int:
@@ -71,7 +90,7 @@ class Score(nn.Module):
                 f"last dim; got query {tuple(query.shape)}, key {tuple(key.shape)}"
             )
 
-    def fused(self, query: Tensor, key: Tensor) -> Bilinear | Additive | None:
+    def fused(self, query: Tensor, key: Tensor) -> Bilinear | Elementwise | None:
         """How the fused kernels compute this score, or None when they can't."""
         return None
 

@@ -223,7 +223,7 @@ def bench_additive(args, rates):
     b = torch.randn(B, N, H, device=DEV)  # W_k k
     w = torch.randn(H, device=DEV)
     v = torch.randn(B, N, 64, device=DEV)
-    fused = lambda: torch.ops.attnzoo.additive_fwd(a, b, w, v, None, None, 0, False, -1)  # noqa: E731
+    fused = lambda: torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, None, 0, False, -1)  # noqa: E731
 
     def d2l(bb=None):  # d2l.ai AdditiveAttention.forward on projected queries/keys
         aa, bk, vv = (a, b, v) if bb is None else (a[bb : bb + 1], b[bb : bb + 1], v[bb : bb + 1])

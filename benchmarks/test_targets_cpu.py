@@ -237,8 +237,9 @@ def test_nadaraya_watson(benchmark, impl):
         fn = lambda: F.scaled_dot_product_attention(
             x.view(1, 1, n, 1), xk.view(1, 1, n, 1), yk.view(1, 1, n, 1), attn_mask=mask, scale=w * w
         )
-    else:
-        fn = lambda: ops.bilinear_attention(x, xk, yk, key_bias, w * w)
+    else:  # the exact form the variant uses: -(w^2 / 2) (x_i - x_j)^2, from the differences
+        wh = torch.tensor([-0.5 * w * w])
+        fn = lambda: ops.elementwise_attention(x, xk, wh, yk, term="sq_diff")
     run(benchmark, f"nw_{impl}", fn, rounds=10)
 
 

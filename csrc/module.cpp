@@ -23,6 +23,16 @@ pybind11::dict build_info() {
   ATTNZOO_POOLINGS(ATTNZOO_POOLING_ENTRY)
 #undef ATTNZOO_POOLING_ENTRY
   info["poolings"] = poolings;
+  // The elementwise family's term and profile codes (params.h).
+  pybind11::dict terms, profiles;
+#define ATTNZOO_TERM_ENTRY(e, code, name) terms[name] = static_cast<int64_t>(attnzoo::e);
+  ATTNZOO_TERMS(ATTNZOO_TERM_ENTRY)
+#undef ATTNZOO_TERM_ENTRY
+#define ATTNZOO_PROFILE_ENTRY(e, code, name) profiles[name] = static_cast<int64_t>(attnzoo::e);
+  ATTNZOO_PROFILES(ATTNZOO_PROFILE_ENTRY)
+#undef ATTNZOO_PROFILE_ENTRY
+  info["terms"] = terms;
+  info["profiles"] = profiles;
   // Device -> the dtypes its kernels are compiled for (common/dtypes.h), as torch names them.
   pybind11::dict dtypes;
   dtypes["cpu"] = dtype_names(attnzoo::kCpuDtypes);
@@ -44,7 +54,7 @@ pybind11::dict build_info() {
   info["cpu_vector_isa"] = "default";
 #endif
   info["vector_width_float"] = static_cast<int>(at::vec::Vectorized<float>::size());
-  // ISA of the run-time dispatched kernels (additive family): "avx512" or "avx2".
+  // ISA of the run-time dispatched kernels (elementwise family): "avx512" or "avx2".
   info["cpu_isa_runtime"] = attnzoo::cpu::isa_name(attnzoo::cpu::runtime_isa());
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)
   info["cpu_isa_avx512_kernels"] = true;

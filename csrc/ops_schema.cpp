@@ -12,7 +12,9 @@ TORCH_LIBRARY(attnzoo, m) {
   m.def("bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
         "float scale, " ATTNZOO_MASKS ", " ATTNZOO_SAVED
         ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
-  m.def("additive_fwd(Tensor a, Tensor b, Tensor w, Tensor v, " ATTNZOO_MASKS ") -> " ATTNZOO_FWD_OUT);
-  m.def("additive_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, " ATTNZOO_MASKS
+  m.def("elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, " ATTNZOO_MASKS
+        ") -> " ATTNZOO_FWD_OUT);
+  m.def("elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
+        "int profile, " ATTNZOO_MASKS
         ", " ATTNZOO_SAVED ") -> (Tensor da, Tensor db, Tensor dw, Tensor dv)");
 }

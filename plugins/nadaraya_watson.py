@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import attnzoo
-from attnzoo.scoring import Bilinear, Score
+from attnzoo.scoring import Bilinear, Elementwise, Score
 
 KERNELS = ("gaussian", "boxcar", "epanechnikov", "constant")
 
@@ -55,16 +55,18 @@ class NadarayaWatson(Score):
             return -0.5 * u2
         inside = u2 <= 1 if self.kernel == "boxcar" else u2 < 1
         inner = torch.zeros_like(u2) if self.kernel == "boxcar" else torch.log((1 - u2).clamp_min(1e-30))
-        return torch.where(inside, inner, torch.full_like(u2, float("-inf")))
+        s = torch.where(inside, inner, torch.full_like(u2, float("-inf")))
+        return torch.where(u2.isnan(), u2, s)  # NaN stays NaN
 
     def fused(self, query, key):
-        # -|(q - k) w|^2 / 2 = w^2 q.k - w^2 |k|^2 / 2 - (a term in q alone, which pooling ignores)
-        if self.kernel == "gaussian":
-            w2 = (self.w * self.w).to(query.dtype)
-            return Bilinear(query * w2, key, -0.5 * w2 * (key * key).sum(-1))
+        # u^2 = sum_h w^2 (q_h - k_h)^2: the elementwise family's (a - b)^2 term on the raw inputs, the
+        # width in the weights, so that un-centred inputs keep their precision (no |q|^2 - 2 q.k + |k|^2)
         if self.kernel == "constant":
             return Bilinear(query.new_zeros(*query.shape[:-1], 1), key.new_zeros(*key.shape[:-1], 1))
-        return None  # compact kernels need -inf scores: reference backend
+        w2 = (self.w * self.w).to(query.dtype).expand(query.shape[-1])
+        if self.kernel == "gaussian":
+            return Elementwise(query, key, -0.5 * w2, term="sq_diff")
+        return Elementwise(query, key, w2, term="sq_diff", profile=self.kernel)
 
 
 @attnzoo.hookimpl

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import attnzoo
-from attnzoo.scoring import Additive as AdditiveForm
-from attnzoo.scoring import Bilinear, Score, check_size
+from attnzoo.scoring import Bilinear, Elementwise, Score, check_size
 
 
 class Dot(Score):
@@ -126,7 +125,7 @@ class Additive(Score):
         return self.w_v(features).squeeze(-1)
 
     def fused(self, query, key):
-        return AdditiveForm(self.W_q(query), self.W_k(key), self.w_v.weight[0])
+        return Elementwise(self.W_q(query), self.W_k(key), self.w_v.weight[0], term="tanh")
 
 
 SCORES = {

@@ -75,14 +75,14 @@ def test_explain_says_why():
     else:
         assert auto.startswith("reference: fused ops not compiled")
     assert attnzoo.create("additive", query_dim=4, key_dim=4, hidden_dim=3).explain(q, q, q).startswith(
-        "fused: additive" if ops.EXTENSION else "reference")
-    assert "no fused form" in attnzoo.create("nadaraya_watson", kernel="boxcar", backend="auto").explain(q, q, q) \
-        or not ops.EXTENSION
+        "fused: elementwise (tanh, identity) family" if ops.EXTENSION else "reference")
+    assert attnzoo.create("nadaraya_watson", kernel="boxcar").explain(q, q, q).startswith(
+        "fused: elementwise (sq_diff, boxcar) family" if ops.EXTENSION else "reference")
     assert attnzoo.explain(attnzoo.create("soft"), q, q, q) == auto
 
 
 def test_fused_ops_exist_without_the_extension():
-    for name in ("bilinear_fwd", "bilinear_bwd", "additive_fwd", "additive_bwd"):
+    for name in ("bilinear_fwd", "bilinear_bwd", "elementwise_fwd", "elementwise_bwd"):
         assert hasattr(torch.ops.attnzoo, name)
 
 

@@ -98,19 +98,14 @@ def test_demo_backends_agree_untrained():
         assert fused[name]["mse"] == pytest.approx(ref[name]["mse"], rel=F32)
 
 
-def test_demo_fused_training_within_its_cancellation_error():
-    """Until the exact form lands (next test), the fused training stays within 1 % of d2l's."""
-    w, losses, mse = d2l_training(demo.make_data(1))
-    _assert_same_training(demo.run(seed=1, plots=False, backend="fused")["nadaraya_watson(learnable)"],
-                          w, losses, mse, 1e-2)
-
-
-@pytest.mark.xfail(strict=True, reason="the fused Gaussian Nadaraya-Watson expands -w^2|q-k|^2/2 into q.k and |k|^2 "
-                   "terms, which cancel in float32 (w = 16-20 here): the exact-distance kernel is not built yet")
-def test_demo_backends_agree_after_training():
-    w, losses, mse = d2l_training(demo.make_data(1))
-    _assert_same_training(demo.run(seed=1, plots=False, backend="fused")["nadaraya_watson(learnable)"],
-                          w, losses, mse, F32)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_backends_agree_after_training(seed):
+    """The fused kernels square exact differences, as the reference does: the same training to 1e-5."""
+    ref = demo.run(seed=seed, plots=False, backend="reference")["nadaraya_watson(learnable)"]
+    fused = demo.run(seed=seed, plots=False, backend="fused")["nadaraya_watson(learnable)"]
+    _assert_same_training(fused, ref["w"], ref["train_losses"], ref["mse"], 1e-5)
+    w, losses, mse = d2l_training(demo.make_data(seed))
+    _assert_same_training(fused, w, losses, mse, F32)
 
 
 def test_python_dash_m():

@@ -18,7 +18,26 @@ TOL = {
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
 MASKS = ["none", "valid_lens", "mask", "causal", "window", "all"]
-FAMILIES = ["bilinear", "additive"]
+# The elementwise family's members under test: (term, profile) of each.
+ELEMENTWISE = {"additive": ("tanh", "identity"), "l1": ("abs_diff", "identity"), "gaussian": ("sq_diff", "identity"),
+               "boxcar": ("sq_diff", "boxcar"), "epanechnikov": ("sq_diff", "epanechnikov")}
+FAMILIES = ["bilinear", *ELEMENTWISE]
+# (multiplier of |w|, or None: w as drawn): kernel widths keep the compact profiles' support partly full
+_W_SCALE = {"additive": None, "l1": -0.3, "gaussian": -0.3, "boxcar": 0.05, "epanechnikov": 0.05}
+
+
+def bwd_tol(family, dtype):
+    """Gradient tolerance: Epanechnikov's g'(r) = -1 / (1 - r) magnifies the rounding of r near the
+    support's edge (r -> 1), so its float32 gradients get the 1e-3 relative of a conditioned result."""
+    if family == "epanechnikov" and dtype == torch.float32:
+        return dict(atol=2e-4, rtol=1e-3)
+    return TOL[dtype]
+
+
+def codes(family):
+    """The elementwise ops' (term, profile) codes of a family under test."""
+    term, profile = ELEMENTWISE[family]
+    return ref.TERMS[term], ref.PROFILES[profile]
 
 
 def make_inputs(family, dtype, B, Nq, Nk, D=9, Dv=5, key_bias=True, seed=0):
@@ -29,7 +48,18 @@ def make_inputs(family, dtype, B, Nq, Nk, D=9, Dv=5, key_bias=True, seed=0):
 
     if family == "bilinear":
         return (rnd(B, Nq, D), rnd(B, Nk, D), rnd(B, Nk, Dv), rnd(B, Nk) if key_bias else None, 0.7)
-    return (rnd(B, Nq, D), rnd(B, Nk, D), rnd(D), rnd(B, Nk, Dv))
+    a, b, w, v = rnd(B, Nq, D), rnd(B, Nk, D), rnd(D), rnd(B, Nk, Dv)
+    if _W_SCALE[family] is not None:
+        w = (w.abs() * _W_SCALE[family]).to(dtype)
+    return (a, b, w, v)
+
+
+def attention(family, args, **kw):
+    """The public wrapper of a family under test: (out, lse, argmax)."""
+    if family == "bilinear":
+        return ops.bilinear_attention(*args[:4], args[4], **kw)
+    term, profile = ELEMENTWISE[family]
+    return ops.elementwise_attention(*args, term=term, profile=profile, **kw)
 
 
 def make_masks(kind, B, Nq, Nk, seed=0):
@@ -52,7 +82,13 @@ def make_masks(kind, B, Nq, Nk, seed=0):
 def ops_for(family):
     if family == "bilinear":
         return torch.ops.attnzoo.bilinear_fwd, ref.bilinear_fwd, torch.ops.attnzoo.bilinear_bwd, ref.bilinear_bwd
-    return torch.ops.attnzoo.additive_fwd, ref.additive_fwd, torch.ops.attnzoo.additive_bwd, ref.additive_bwd
+    c = codes(family)
+
+    def with_codes(op, n_before):  # the op with (term, profile) inserted after its first n_before arguments
+        return lambda *x: op(*x[:n_before], *c, *x[n_before:])
+
+    return (with_codes(torch.ops.attnzoo.elementwise_fwd, 4), with_codes(ref.elementwise_fwd, 4),
+            with_codes(torch.ops.attnzoo.elementwise_bwd, 6), with_codes(ref.elementwise_bwd, 6))
 
 
 def _to_float64(args):
@@ -82,10 +118,11 @@ def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
     glse = torch.randn(got[1].shape, generator=g, dtype=torch.float64).to(got[1].dtype) if grad_lse else None
     grads = bwd(grad_out, glse, *args, *margs, *got)
-    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, *want)
+    # (the oracle's backward reads the kernel's own saved outputs: bfloat16's rounded out enters D_i)
+    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, *_to_float64(got))
     for x, y in zip(grads, grads_ref, strict=True):
         assert x.shape == y.shape and x.dtype == dtype
-        torch.testing.assert_close(x, y.to(x.dtype), **TOL[dtype])
+        torch.testing.assert_close(x, y.to(x.dtype), **bwd_tol(family, dtype))
     for t in list(got) + list(grads):
         if t.is_floating_point():
             assert not t.isnan().any()
@@ -123,8 +160,9 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
     valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
     margs = (valid_lens, mask, pooling, causal, window)
     args = (a, b, w, v)
-    got = torch.ops.attnzoo.additive_fwd(*args, *margs)
-    want = ref.additive_fwd(*[x.double() for x in args], *margs)
+    fwd, fwd_ref, bwd, bwd_ref = ops_for("additive")
+    got = fwd(*args, *margs)
+    want = fwd_ref(*[x.double() for x in args], *margs)
     for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
         if x.dtype == torch.int64:
             assert torch.equal(x, y), name
@@ -133,16 +171,16 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
             torch.testing.assert_close(x.double(), y, **TOL[dtype], msg=name)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
-    grads = torch.ops.attnzoo.additive_bwd(grad_out, None, *args, *margs, *got)
+    grads = bwd(grad_out, None, *args, *margs, *got)
     outs = [x.double() if x.is_floating_point() else x for x in got]
-    grads_ref = ref.additive_bwd(grad_out.double(), None, *[x.double() for x in args], *margs, *outs)
+    grads_ref = bwd_ref(grad_out.double(), None, *[x.double() for x in args], *margs, *outs)
     for x, y in zip(grads, grads_ref, strict=True):
         assert not x.isnan().any()
         torch.testing.assert_close(x.double(), y, **TOL[dtype])
 
 
 # The float32 forward evaluates tanh(a + b) as 1 - 2 / (1 + e^{2a} e^{2b}) when max |a|, |b| <= 20
-# (csrc/cpu/additive_impl.h), else with the rational tanh: both sides of the guard, saturation included.
+# (csrc/cpu/elementwise_impl.h), else with the rational tanh: both sides of the guard, saturation included.
 @pytest.mark.parametrize("masks", ["none", "all"])
 @pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -184,18 +222,10 @@ def test_gradcheck(family, pooling, masks):
     kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling, causal=causal, window=None if window < 0 else window)
     tensors = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
 
-    if family == "bilinear":
+    def fn(*x):
+        return attention(family, (*x, *tensors[4:]), **kw)
 
-        def fn(q, k, v, kb):
-            return ops.bilinear_attention(q, k, v, kb, tensors[4], **kw)
-
-        inputs = tensors[:4]
-    else:
-
-        def fn(a, b, w, v):
-            return ops.additive_attention(a, b, w, v, **kw)
-
-        inputs = tensors
+    inputs = tensors[:4]
     v_pos = 2 if family == "bilinear" else 3
     if pooling != "hard":
         assert torch.autograd.gradcheck(lambda *x: (fn(*x)[0], fn(*x)[1][rows]), inputs, eps=1e-6, atol=1e-6)
@@ -222,9 +252,12 @@ def _opcheck_args(family, pooling):
 @pytest.mark.parametrize("pooling", [SOFT, HARD])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_opcheck(family, pooling):
-    fwd = getattr(torch.ops.attnzoo, f"{family}_fwd").default
-    bwd = getattr(torch.ops.attnzoo, f"{family}_bwd").default
+    name = "bilinear" if family == "bilinear" else "elementwise"
+    fwd = getattr(torch.ops.attnzoo, f"{name}_fwd").default
+    bwd = getattr(torch.ops.attnzoo, f"{name}_bwd").default
     args, margs = _opcheck_args(family, pooling)
+    if name == "elementwise":
+        margs = (*codes(family), *margs)
     torch.library.opcheck(fwd, (*args, *margs))
     grad_args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(fwd, (*grad_args, *margs))
@@ -247,12 +280,8 @@ def test_fully_masked_rows_have_no_nan(family, pooling):
     mask = torch.ones(B, Nq, Nk, dtype=torch.bool)
     mask[1, 2] = False
     kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling)
-    if family == "bilinear":
-        out, lse, argmax = ops.bilinear_attention(*args[:4], args[4], **kw)
-        leaves = args[:4]
-    else:
-        out, lse, argmax = ops.additive_attention(*args, **kw)
-        leaves = args
+    out, lse, argmax = attention(family, args, **kw)
+    leaves = args[:4]
     empty = torch.zeros(B, Nq, dtype=torch.bool)
     empty[0, 1] = empty[1, 2] = True
     assert torch.equal(out[empty], torch.zeros_like(out[empty]))
@@ -355,7 +384,10 @@ def _tie_inputs(family, dtype, B, Nq, Nk, D, gen):
     v = rnd(B, Nk, 3)
     if family == "bilinear":
         return (rnd(B, Nq, D), keys, v, None, 0.125)
-    return (rnd(B, Nq, D), keys, rnd(D), v)
+    w = rnd(D)
+    if family in ("boxcar", "epanechnikov"):  # every key inside the support
+        w = (w.abs() * 1e-3 / D).to(dtype)
+    return (rnd(B, Nq, D), keys, w, v)
 
 
 @pytest.mark.parametrize("masks", ["none", "causal", "window"])
@@ -381,7 +413,7 @@ def test_hard_identical_keys_pick_the_first(family, dtype, D, masks):
 
 @pytest.mark.parametrize("masks", ["none", "causal", "window"])
 @pytest.mark.parametrize("D", [64, 3])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["bilinear", "additive"])  # (winning keys need a score that grows with them)
 def test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, D, masks):
     """Runs of bitwise-equal winning keys straddling the block sizes the kernels use (128, 256,
     512) among random keys: each row picks the first winning key it sees."""
@@ -468,12 +500,18 @@ def test_error_messages():
         torch.ops.attnzoo.bilinear_fwd(q, k.double(), v, None, scale, None, None, 0, False, -1)
     a, b, w, v = make_inputs("additive", torch.float32, 2, 3, 7)
     with pytest.raises(RuntimeError, match=r"w must have shape \(H,\)"):
-        torch.ops.attnzoo.additive_fwd(a, b, w[:4], v, None, None, 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w[:4], v, 0, 0, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="mask must have shape"):
-        torch.ops.attnzoo.additive_fwd(a, b, w, v, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
+    with pytest.raises(RuntimeError, match=r"term must be 0 \(tanh\), 1 \(abs_diff\) or 2 \(sq_diff\), got 3"):
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 3, 0, None, None, 0, False, -1)
+    with pytest.raises(RuntimeError, match=r"profile must be 0 \(identity\), 1 \(boxcar\) or 2 \(epanechnikov\)"):
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, -1, None, None, 0, False, -1)
+    with pytest.raises(ValueError, match="term: got 'cube'"):
+        ops.elementwise_attention(a, b, w, v, term="cube")
 
 
-# --- run-time ISA dispatch of the additive kernels and bilinear uniform scores (csrc/cpu/isa.h) ----
+# --- run-time ISA dispatch of the elementwise kernels and bilinear uniform scores (csrc/cpu/isa.h) ----
 _ISA_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -485,14 +523,16 @@ for dtype in (torch.float32, torch.float64):
     for pooling in (t.SOFT, t.HARD, t.AVERAGE):
         for masks, (B, Nq, Nk) in [("none", (2, 70, 150)), ("all", (2, 70, 150)), ("window", (1, 129, 513)),
                                    ("valid_lens", (1, 3, 17))]:
-            t.check_against_reference("additive", dtype, pooling, B, Nq, Nk, masks=masks)
-            args = t.make_inputs("additive", dtype, B, Nq, Nk, D=40)
-            outs.append(torch.ops.attnzoo.additive_fwd(*args, None, None, pooling, False, -1))
-# ties: the bilinear family's uniform scores (compiled per ISA) and the additive exp form
+            for family in t.ELEMENTWISE:
+                t.check_against_reference(family, dtype, pooling, B, Nq, Nk, masks=masks)
+                args = t.make_inputs(family, dtype, B, Nq, Nk, D=40)
+                outs.append(t.ops_for(family)[0](*args, None, None, pooling, False, -1))
+# ties: the bilinear family's uniform scores (compiled per ISA) and the elementwise terms (the tanh exp form)
 for family in t.FAMILIES:
     for dtype in (torch.float32, torch.float64):
         t.test_hard_identical_keys_pick_the_first(family, dtype, 64, "none")
-    t.test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, 64, "window")
+    if family in ("bilinear", "additive"):
+        t.test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, 64, "window")
 args = t.make_inputs("bilinear", torch.float32, 2, 70, 600, D=40)
 outs.append(torch.ops.attnzoo.bilinear_fwd(*args, None, None, t.HARD, False, -1))
 torch.save(outs, {path!r})
@@ -514,7 +554,7 @@ def _cpu_has_avx512():
 )
 def test_isa_dispatch_paths_match_reference(tmp_path):
     """Both ISA paths (forced AVX2, and the auto choice: AVX-512 where the CPU has it) match the
-    eager oracle on the additive ops (forward and backward, tails included), break hard pooling's
+    float64 oracle on the elementwise ops (forward and backward, tails included), break hard pooling's
     ties on the first key (both families) and agree."""
     import os
     import subprocess

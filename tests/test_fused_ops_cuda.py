@@ -39,6 +39,23 @@ TOL = {  # (atol, rtol) forward; backward uses 5x
     torch.bfloat16: (2e-2, 2e-2),
 }
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
+# The elementwise family's members under test: (term, profile) codes; the w of each (scale of |w|)
+ELEMENTWISE = {"additive": ((0, 0), None), "l1": ((1, 0), -0.3), "gaussian": ((2, 0), -0.3),
+               "boxcar": ((2, 1), 0.05), "epanechnikov": ((2, 2), 0.05)}
+FAMILIES = ["bilinear", *ELEMENTWISE]
+
+
+def _ops(family):
+    """(fwd, reference fwd, bwd, reference bwd) of a family; elementwise ones with its codes inserted."""
+    if family == "bilinear":
+        return torch.ops.attnzoo.bilinear_fwd, ref.bilinear_fwd, torch.ops.attnzoo.bilinear_bwd, ref.bilinear_bwd
+    c = ELEMENTWISE[family][0]
+
+    def with_codes(op, n):
+        return lambda *x: op(*x[:n], *c, *x[n:])
+
+    return (with_codes(torch.ops.attnzoo.elementwise_fwd, 4), with_codes(ref.elementwise_fwd, 4),
+            with_codes(torch.ops.attnzoo.elementwise_bwd, 6), with_codes(ref.elementwise_bwd, 6))
 
 # name -> (valid_lens?, mask kind, causal, window)
 MASKS = {
@@ -103,6 +120,9 @@ def _inputs(family, dtype, B, Nq, Nk, D, Dv, with_bias, gen):
         kb = r(B, Nk) if with_bias else None
         return (q, k, v, kb)
     a, b, w, v = r(B, Nq, D), r(B, Nk, D), r(D) * 0.5, r(B, Nk, Dv)
+    scale = ELEMENTWISE[family][1]
+    if scale is not None:
+        w = (w.abs() * 2 * scale).to(dtype)
     return (a, b, w, v)
 
 
@@ -119,10 +139,7 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     vl, mask, causal, window = _mask_args(B, Nq, Nk, mask_kind, gen)
     scale = 0.37
     pool = POOLINGS[pooling]
-    fwd_op = getattr(torch.ops.attnzoo, f"{family}_fwd")
-    bwd_op = getattr(torch.ops.attnzoo, f"{family}_bwd")
-    ref_fwd = getattr(ref, f"{family}_fwd")
-    ref_bwd = getattr(ref, f"{family}_bwd")
+    fwd_op, ref_fwd, bwd_op, ref_bwd = _ops(family)
 
     margs_d = (_dev(vl), _dev(mask), pool, causal, window)
     margs_c = (vl, mask, pool, causal, window)
@@ -143,7 +160,7 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
         _close(g, w, dtype, f"{family}/{pooling}/{mask_kind}/{dtype} fwd {name}")
 
     # backward: each side with its own saved outputs; random grad_out and grad_lse
-    Dv_ = tensors[-1].shape[-1] if family == "additive" else tensors[2].shape[-1]
+    Dv_ = tensors[2].shape[-1] if family == "bilinear" else tensors[3].shape[-1]
     grad_out = torch.randn(B, Nq, Dv_, generator=gen).to(dtype)
     grad_lse = torch.randn(B, Nq, generator=gen).to(ref.acc_dtype(dtype))
     if family == "bilinear":
@@ -167,13 +184,13 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("pooling", list(POOLINGS))
 @pytest.mark.parametrize("mask_kind", list(MASKS))
-@pytest.mark.parametrize("family", ["bilinear", "additive"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_against_reference(family, mask_kind, pooling, dtype):
     _run_case(family, dtype, pooling, mask_kind)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("family", ["bilinear", "additive"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_dims(family, dtype):
     """D and Dv above one output chunk (64) and not multiples of the tiles; no key_bias."""
     _run_case(family, dtype, "soft", "all", B=2, Nq=45, Nk=100, D=70, Dv=130, with_bias=False, seed=1)
@@ -203,12 +220,12 @@ def test_tensor_core_matches_generic(monkeypatch, dtype):
 
 @pytest.mark.parametrize("D", [64, 9])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("family", ["bilinear", "additive"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_hard_identical_keys_pick_the_first(family, dtype, D):
     """Bitwise-equal keys score equally wherever they lie (tiles, tile edges, the tensor-core
     fragments for float16 / bfloat16 with D = Dv = 64): hard pooling picks the first valid one."""
     gen = torch.Generator().manual_seed(13)
-    fwd = getattr(torch.ops.attnzoo, f"{family}_fwd")
+    fwd = _ops(family)[0]
     for Nk in (5, 129, 300, 513):
         for Nq in (1, 3, 64, 257):
             for causal, window in ((False, -1), (True, -1), (False, 40)):
@@ -285,7 +302,8 @@ def test_gradcheck_bilinear(mask_kind, pooling):
 
 
 @pytest.mark.parametrize("pooling", ["soft", "average"])
-def test_gradcheck_additive(pooling):
+@pytest.mark.parametrize("family", list(ELEMENTWISE))
+def test_gradcheck_elementwise(family, pooling):
     gen = torch.Generator().manual_seed(6)
     B, Nq, Nk, H, Dv = 2, 6, 8, 5, 3
     a, b, w, v = (
@@ -293,9 +311,15 @@ def test_gradcheck_additive(pooling):
         for s in ((B, Nq, H), (B, Nk, H), (H,), (B, Nk, Dv))
     )
 
+    (term, profile), scale = ELEMENTWISE[family]
+    if scale is not None:
+        w = (w.detach().abs() * scale).requires_grad_()
+    names = {0: "tanh", 1: "abs_diff", 2: "sq_diff"}, {0: "identity", 1: "boxcar", 2: "epanechnikov"}
+
     def f(a, b, w, v):
-        out, lse, _ = ops.additive_attention(a, b, w, v, pooling=pooling, causal=True)
-        return out, lse
+        out, lse, _ = ops.elementwise_attention(a, b, w, v, term=names[0][term], profile=names[1][profile],
+                                                pooling=pooling, causal=True)
+        return out, lse[lse.isfinite()]
 
     assert torch.autograd.gradcheck(f, (a, b, w, v), eps=1e-6, atol=1e-6)
 
@@ -312,20 +336,21 @@ def _opcheck_args(family, pooling, requires_grad):
     margs = (vl, mask, pooling, True, 4)
     if family == "bilinear":
         return (r(B, Nq, D), r(B, Nk, D), r(B, Nk, Dv), r(B, Nk), 0.5, *margs)
-    return (r(B, Nq, D), r(B, Nk, D), r(D), r(B, Nk, Dv), *margs)
+    return (r(B, Nq, D), r(B, Nk, D), r(D), r(B, Nk, Dv), *ELEMENTWISE[family][0], *margs)
 
 
 @pytest.mark.parametrize("pooling", [0, 1, 2])
-@pytest.mark.parametrize("family", ["bilinear", "additive"])
+@pytest.mark.parametrize("family", ["bilinear", "additive", "epanechnikov"])
 def test_opcheck(family, pooling):
-    fwd = getattr(torch.ops.attnzoo, f"{family}_fwd")
-    bwd = getattr(torch.ops.attnzoo, f"{family}_bwd")
+    name = "bilinear" if family == "bilinear" else "elementwise"
+    fwd = getattr(torch.ops.attnzoo, f"{name}_fwd")
+    bwd = getattr(torch.ops.attnzoo, f"{name}_bwd")
     args = _opcheck_args(family, pooling, requires_grad=True)
     torch.library.opcheck(fwd.default, args)
     nograd = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     saved = fwd(*nograd)
     B, Nq = nograd[0].shape[:2]
-    Dv = nograd[3].shape[-1] if family == "additive" else nograd[2].shape[-1]
+    Dv = nograd[2].shape[-1] if family == "bilinear" else nograd[3].shape[-1]
     g = torch.randn(B, Nq, Dv, device=DEV)
     gl = torch.randn(B, Nq, device=DEV)
     bargs = (g, gl, *nograd, *saved)

@@ -33,8 +33,8 @@ Tolerance of checks 1 and 3 (all in float64 from the oracle's own numbers; eps =
     cosine ``(|u_q| |u_k|^T + [multi-head] 2 sum|q|/||q|| + 2 sum|k|/||k||) / tau`` (u = unit vectors);
     additive ``sum_h |w_h| ((1 - tanh^2)(|W_q||q| + |W_k||k|) + 4)`` (tanh' damps the pre-activation error);
     Nadaraya-Watson Gaussian ``|s|`` (the reference squares exact differences) plus, in multi-head,
-    ``w^2 sum_d |q_d - k_d| (|q|_d + |k|_d)``; the fused form expands the square (``w^2 q.k - w^2 |k|^2 / 2``),
-    so for it ``A`` adds ``w^2 (|q| |k|^T + |k|^2 / 2)`` (defect (a) below); Epanechnikov ``A_u / (1 - u^2)``
+    ``w^2 sum_d |q_d - k_d| (|q|_d + |k|_d)``; both backends square exact differences (the fused kernels'
+    elementwise ``(a - b)^2`` term, ``w^2`` in its weights); Epanechnikov ``A_u / (1 - u^2)``
     with ``A_u`` the bound of ``u^2``; boxcar, constant and average pooling 0; dot on integer inputs whose
     sum of |terms| is below 2^24 (float64: 2^53) 0, as it is exact.
 * Softmax. The score errors of row i are within ``Delta_j = eps (n A_ij + 2 |s_ij - m_i| + 4)`` (the second
@@ -56,9 +56,8 @@ Tolerance of checks 1 and 3 (all in float64 from the oracle's own numbers; eps =
   largest error is ~0.13 of its tolerance (worst-case gamma_n against the typical sqrt(n) growth).
 
 Excluded on purpose (each counted by ``hypothesis.event``, see ``--hypothesis-show-statistics``):
-(a) fused Gaussian Nadaraya-Watson in float32 expands the square and cancels catastrophically when the data sit
-    far from 0: with offsets in the query or key, the fused backend is not run for it in float32 (it runs on
-    centred data, where the expanded terms are of the size of the scores, with the tolerance above);
+(a) (fixed: fused Nadaraya-Watson once expanded the square and cancelled in float32 on offset data; it now
+    runs on every example, compact kernels included);
 (b) ill-conditioned examples, where the oracle itself says float32 cannot decide: near-ties of the top scores
     of hard pooling, a key at the edge of a compact kernel's support, or weights that stay undetermined after
     the rescaling above; they are skipped with ``hypothesis.assume`` (about 3% of the examples);
@@ -91,7 +90,7 @@ BACKENDS = ("reference", "fused") if ops.EXTENSION else ("reference",)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SCORES = ("scaled_dot", "dot", "general", "cosine", "concat", "additive", "nadaraya_watson")
 SAME_DIM = ("scaled_dot", "dot", "cosine", "nadaraya_watson")
-COMPACT = ("boxcar", "epanechnikov")  # no fused form: they need -inf scores
+COMPACT = ("boxcar", "epanechnikov")  # compact support: -inf scores outside it
 F64 = torch.float64
 
 
@@ -287,15 +286,6 @@ def _backends(case: Case) -> list[str]:
     out = ["reference"]
     if "fused" not in BACKENDS:
         return out
-    kernel = _kernel(case)
-    if kernel in COMPACT and case.variant != "average":
-        _event("fused: not run (compact Nadaraya-Watson kernel, no fused form)")
-        return out
-    if kernel == "gaussian" and case.dtype == "float32" and (case.q_in[0] or case.k_in[0]):
-        # known defect (a): the fused Gaussian NW expands -w^2/2 |q - k|^2 and cancels catastrophically in
-        # float32 on data far from 0; not ours to fix, excluded here and only here
-        _event("fused: not run (defect (a): float32 Gaussian Nadaraya-Watson on offset data)")
-        return out
     return [*out, "fused"]
 
 
@@ -305,7 +295,7 @@ def _abs_linear(lin, x):
     return mag + lin.bias.detach().abs() if lin.bias is not None else mag
 
 
-def _score_terms(score, q, k, qm, km, exact: bool, fused: bool, exact_below: float):
+def _score_terms(score, q, k, qm, km, exact: bool, exact_below: float):
     """(A, edge): A (..., Nq, Nk) the sum of |terms| of the score; edge = (u^2, bound of u^2) for compact kernels.
 
     ``exact_below``: the inputs are exact integers, and integer sums below it are exact in the dtype."""
@@ -339,10 +329,7 @@ def _score_terms(score, q, k, qm, km, exact: bool, fused: bool, exact_below: flo
         if score.kernel == "constant":
             return torch.zeros_like(u2), None
         if score.kernel == "gaussian":
-            a = 0.5 * u2 + proj
-            if fused:  # the fused form's own terms: w^2 q.k and w^2 |k|^2 / 2
-                a = a + w2 * (qm @ km.mT + 0.5 * (km * km).sum(-1).unsqueeze(-2))
-            return a, None
+            return 0.5 * u2 + proj, None
         au = u2 + 2 * proj
         if score.kernel == "boxcar":
             return torch.zeros_like(u2), (u2, au)
@@ -393,12 +380,8 @@ def _models(case: Case, oracle, q, k, v, mask, lens, valid, backends) -> dict[st
             s = inner.score(qp, kp).expand(w.shape)
             exact_below = 2 / eps if case.integer and vm is None else 0.0
             terms = {}
-            for backend in backends:  # the score terms differ by backend only for the Gaussian kernel
-                if backend == "fused" and _kernel(case) == "gaussian" or not terms:
-                    a, edge = _score_terms(inner.score, qp, kp, qm, km, vm is None, backend == "fused", exact_below)
-                    terms[backend] = a.expand(w.shape)
-                else:
-                    terms[backend] = terms["reference"]
+            a, edge = _score_terms(inner.score, qp, kp, qm, km, vm is None, exact_below)
+            terms = dict.fromkeys(backends, a.expand(w.shape))
         eff = valid_h & torch.isfinite(s)
         m = s.masked_fill(~eff, -math.inf).amax(-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, 0.0)

@@ -68,7 +68,7 @@ def compiled_devices() -> tuple[str, ...]:
     return _DEVICES
 
 
-from .functional import additive_attention, bilinear_attention  # noqa: E402
+from .functional import additive_attention, bilinear_attention, elementwise_attention  # noqa: E402
 
 __all__ = [
     "EXTENSION",
@@ -78,4 +78,5 @@ __all__ = [
     "bilinear_attention",
     "build_info",
     "compiled_devices",
+    "elementwise_attention",
 ]

@@ -21,8 +21,8 @@ def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, pooling, caus
     return _fwd_fake(q, v, pooling)
 
 
-@torch.library.register_fake("attnzoo::additive_fwd")
-def _additive_fwd_fake(a, b, w, v, valid_lens, mask, pooling, causal, window):
+@torch.library.register_fake("attnzoo::elementwise_fwd")
+def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window):
     return _fwd_fake(a, v, pooling)
 
 
@@ -33,8 +33,8 @@ def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, *rest):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb
 
 
-@torch.library.register_fake("attnzoo::additive_bwd")
-def _additive_bwd_fake(grad_out, grad_lse, a, b, w, v, *rest):
+@torch.library.register_fake("attnzoo::elementwise_bwd")
+def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, *rest):
     return a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape)
 
 
@@ -60,22 +60,22 @@ def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
     return dq, dk, dv, (dkb if key_bias is not None else None), None, None, None, None, None, None
 
 
-def _additive_setup(ctx, inputs, output):
-    # inputs: a, b, w, v, valid_lens, mask, pooling, causal, window
+def _elementwise_setup(ctx, inputs, output):
+    # inputs: a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window
     _setup(ctx, inputs, output, 4)
     ctx.mask_args = inputs[4:]
 
 
-def _additive_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
+def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
     a, b, w, v, out, lse, argmax, soft_out = ctx.saved_tensors
-    da, db, dw, dv = torch.ops.attnzoo.additive_bwd(
+    da, db, dw, dv = torch.ops.attnzoo.elementwise_bwd(
         grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.mask_args, out, lse, argmax, soft_out
     )
-    return da, db, dw, dv, None, None, None, None, None
+    return da, db, dw, dv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("attnzoo::bilinear_fwd", _bilinear_backward, setup_context=_bilinear_setup)
-torch.library.register_autograd("attnzoo::additive_fwd", _additive_backward, setup_context=_additive_setup)
+torch.library.register_autograd("attnzoo::elementwise_fwd", _elementwise_backward, setup_context=_elementwise_setup)
 
 
 def _no_double_backward(ctx, *grads):
@@ -84,5 +84,5 @@ def _no_double_backward(ctx, *grads):
         "then backward) are not implemented; use backend='reference' for double backward")
 
 
-for _bwd in ("attnzoo::bilinear_bwd", "attnzoo::additive_bwd"):  # an error, never a silently wrong number
+for _bwd in ("attnzoo::bilinear_bwd", "attnzoo::elementwise_bwd"):  # an error, never a silently wrong number
     torch.library.register_autograd(_bwd, _no_double_backward)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_window
-from .schemas import POOLINGS
+from .schemas import POOLINGS, PROFILES, TERMS
 
 
 def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
@@ -32,13 +32,29 @@ def bilinear_attention(
     return out, lse, argmax
 
 
-def additive_attention(
-    a: Tensor, b: Tensor, w: Tensor, v: Tensor, *,
+def _code(arg: str, name: str, codes: dict) -> int:
+    if name not in codes:
+        raise ValueError(f"{arg}: got {name!r}, expected one of {sorted(codes)}")
+    return codes[name]
+
+
+def elementwise_attention(
+    a: Tensor, b: Tensor, w: Tensor, v: Tensor, *, term: str = "tanh", profile: str = "identity",
     valid_lens: Tensor | None = None, mask: Tensor | None = None, pooling: str = "soft",
     causal: bool = False, window: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused ``pool_j(sum_h w_h tanh(a_ih + b_jh)) v_j``; a (B, Nq, H), b (B, Nk, H), w (H,)."""
-    out, lse, argmax, _ = torch.ops.attnzoo.additive_fwd(
-        a, b, w, v, *_mask_args(pooling, valid_lens, mask, causal, window)
+    """Fused ``pool_j(g(sum_h w_h phi(a_ih, b_jh))) v_j``; a (B, Nq, H), b (B, Nk, H), w (H,).
+
+    ``term`` phi: ``"tanh"`` (tanh(a + b)), ``"abs_diff"`` (|a - b|), ``"sq_diff"`` ((a - b)^2);
+    ``profile`` g: ``"identity"``, ``"boxcar"``, ``"epanechnikov"`` (:mod:`attnzoo.ops.schemas`).
+    """
+    out, lse, argmax, _ = torch.ops.attnzoo.elementwise_fwd(
+        a, b, w, v, _code("term", term, TERMS), _code("profile", profile, PROFILES),
+        *_mask_args(pooling, valid_lens, mask, causal, window)
     )
     return out, lse, argmax
+
+
+def additive_attention(a: Tensor, b: Tensor, w: Tensor, v: Tensor, **masks) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused additive attention ``pool_j(sum_h w_h tanh(a_ih + b_jh)) v_j``: the elementwise tanh member."""
+    return elementwise_attention(a, b, w, v, term="tanh", profile="identity", **masks)

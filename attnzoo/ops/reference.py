@@ -11,9 +11,11 @@ import torch
 from torch import Tensor
 
 from ..masks import MaskSpec
-from .schemas import POOLINGS
+from .schemas import POOLINGS, PROFILES, TERMS
 
 SOFT, HARD, AVERAGE = POOLINGS["soft"], POOLINGS["hard"], POOLINGS["average"]
+TANH, ABS_DIFF, SQ_DIFF = TERMS["tanh"], TERMS["abs_diff"], TERMS["sq_diff"]
+IDENTITY, BOXCAR, EPANECHNIKOV = PROFILES["identity"], PROFILES["boxcar"], PROFILES["epanechnikov"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,11 +64,28 @@ def bilinear_scores(q, k, key_bias, scale) -> Tensor:
     return s
 
 
-def additive_terms(a, b, w):
-    """``t_ijh = tanh(a_ih + b_jh)`` (B, Nq, Nk, H) and ``s_ij = sum_h w_h t_ijh``."""
+def elementwise_scores(a, b, w, term, profile):
+    """``phi_ijh = phi(a_ih, b_jh)`` (B, Nq, Nk, H), ``r_ij = sum_h w_h phi_ijh`` and ``s = g(r)``, in the
+    accumulation dtype. ``phi``: tanh(a + b), |a - b| or (a - b)^2 (from the differences themselves);
+    ``g``: identity, boxcar (0 for r <= 1, else -inf) or epanechnikov (log(1 - r) for r < 1, else -inf),
+    NaN staying NaN."""
     acc = acc_dtype(a.dtype)
-    t = torch.tanh(a.to(acc).unsqueeze(-2) + b.to(acc).unsqueeze(-3))
-    return t, t @ w.to(acc)
+    x, y = a.to(acc).unsqueeze(-2), b.to(acc).unsqueeze(-3)
+    if term == TANH:
+        phi = torch.tanh(x + y)
+    elif term == ABS_DIFF:
+        phi = (x - y).abs()
+    else:
+        phi = (x - y).square()
+    r = phi @ w.to(acc)
+    if profile == IDENTITY:
+        return phi, r, r
+    ninf = torch.full_like(r, float("-inf"))
+    if profile == BOXCAR:
+        s = torch.where(r <= 1, torch.zeros_like(r), ninf)
+    else:
+        s = torch.where(r < 1, torch.log1p(-r.clamp(max=1.0)), ninf)
+    return phi, r, torch.where(r.isnan(), r, s)
 
 
 def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window):
@@ -76,10 +95,10 @@ def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, wi
     return out, lse, argmax, soft_out
 
 
-def additive_fwd(a, b, w, v, valid_lens, mask, pooling, causal, window):
+def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
-    out, lse, argmax, soft_out, _ = _pool(additive_terms(a, b, w)[1], v, valid, pooling, a.dtype)
+    out, lse, argmax, soft_out, _ = _pool(elementwise_scores(a, b, w, term, profile)[2], v, valid, pooling, a.dtype)
     return out, lse, argmax, soft_out
 
 
@@ -121,15 +140,26 @@ def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask,
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkb
 
 
-def additive_bwd(grad_out, grad_lse, a, b, w, v, valid_lens, mask, pooling, causal, window,
-                 out, lse, argmax, soft_out):
+def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window,
+                    out, lse, argmax, soft_out):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
-    t, s = additive_terms(a, b, w)
+    phi, r, s = elementwise_scores(a, b, w, term, profile)
     ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     acc = s.dtype
-    dpre = ds.unsqueeze(-1) * w.to(acc) * (1 - t * t)  # d s / d (a_ih + b_jh), (B, Nq, Nk, H)
+    if profile == BOXCAR:  # g' = 0
+        ds = torch.zeros_like(ds)
+    elif profile == EPANECHNIKOV:  # g'(r) = -1 / (1 - r) inside the support
+        ds = torch.where(r < 1, -ds / (1 - r), torch.zeros_like(ds))
+    x, y = a.to(acc).unsqueeze(-2), b.to(acc).unsqueeze(-3)
+    if term == TANH:
+        dphi, sign = 1 - phi * phi, 1.0
+    elif term == ABS_DIFF:
+        dphi, sign = torch.sign(x - y), -1.0
+    else:
+        dphi, sign = 2 * (x - y), -1.0
+    dpre = ds.unsqueeze(-1) * w.to(acc) * dphi  # d s / d a_ih, (B, Nq, Nk, H)
     da = dpre.sum(-2)
-    db = dpre.sum(-3)
-    dw = (ds.unsqueeze(-1) * t).sum((0, 1, 2))
+    db = sign * dpre.sum(-3)
+    dw = (ds.unsqueeze(-1) * phi).sum((0, 1, 2))
     return da.to(a.dtype), db.to(b.dtype), dw.to(w.dtype), dv.to(v.dtype)

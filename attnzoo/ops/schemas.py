@@ -9,6 +9,9 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
 * ``valid_lens`` int64 ``(B, Nq)``: key ``j`` is valid for query ``i`` iff ``j < valid_lens[b, i]``.
 * ``mask`` bool ``(B, Nq, Nk)`` (any strides, broadcast views allowed): True = attend.
 * ``pooling``: 0 soft (softmax), 1 hard (arg-max, straight-through), 2 average (uniform).
+* ``term``, ``profile`` (elementwise ops): :data:`TERMS` (``tanh(a + b)``, ``|a - b|``, ``(a - b)^2``)
+  and :data:`PROFILES` (identity; boxcar: 0 for ``r <= 1``, else -inf; epanechnikov:
+  ``log(1 - r)`` for ``r < 1``, else -inf).
 * ``causal``: key ``j`` valid only if ``j <= i``; ``window >= 0``: only if ``|i - j| <= window``.
 * A row with no valid key: ``out`` 0, ``lse`` -inf, ``argmax`` -1, all gradients 0.
 * Outputs ``(out, lse, argmax, soft_out)``: ``lse`` is the log-sum-exp of the valid
@@ -19,6 +22,9 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
 """
 
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
+# The elementwise family, s_ij = g(sum_h w_h phi(a_ih, b_jh)): its terms phi and outer profiles g.
+TERMS = {"tanh": 0, "abs_diff": 1, "sq_diff": 2}
+PROFILES = {"identity": 0, "boxcar": 1, "epanechnikov": 2}
 
 _MASKS = "Tensor? valid_lens, Tensor? mask, int pooling, bool causal, int window"
 _SAVED = "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
@@ -32,9 +38,11 @@ SCHEMAS = {
         f"bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
         f"float scale, {_MASKS}, {_SAVED}) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)"
     ),
-    "additive_fwd": f"additive_fwd(Tensor a, Tensor b, Tensor w, Tensor v, {_MASKS}) -> {_FWD_OUT}",
-    "additive_bwd": (
-        f"additive_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, "
-        f"{_MASKS}, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv)"
+    "elementwise_fwd": (
+        f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}) -> {_FWD_OUT}"
+    ),
+    "elementwise_bwd": (
+        f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
+        f"int profile, {_MASKS}, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv)"
     ),
 }

@@ -15,17 +15,18 @@
                        const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,           \
                        int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,     \
                        const at::Tensor& soft_out);                                                                \
-  Tensor4 additive_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,         \
-                       const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,           \
-                       int64_t window);                                                                            \
-  Tensor4 additive_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,                 \
-                       const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, const OptTensor& valid_lens, \
-                       const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out, \
-                       const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out);
+  Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
+                          int64_t term, int64_t profile, const OptTensor& valid_lens, const OptTensor& mask,      \
+                          int64_t pooling, bool causal, int64_t window);                                          \
+  Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
+                          const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,            \
+                          int64_t profile, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling,   \
+                          bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,              \
+                          const at::Tensor& argmax, const at::Tensor& soft_out);
 
 // Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
 #define ATTNZOO_OP_REGISTRATIONS(m, ns)      \
   m.impl("bilinear_fwd", &ns::bilinear_fwd); \
   m.impl("bilinear_bwd", &ns::bilinear_bwd); \
-  m.impl("additive_fwd", &ns::additive_fwd); \
-  m.impl("additive_bwd", &ns::additive_bwd)
+  m.impl("elementwise_fwd", &ns::elementwise_fwd); \
+  m.impl("elementwise_bwd", &ns::elementwise_bwd)

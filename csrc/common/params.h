@@ -5,6 +5,8 @@
 // causal, window)  and  mask[b, i, j]  (mask_ok; true when there is no mask).
 #pragma once
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #ifdef __CUDACC__
 #define ATTNZOO_HD __host__ __device__ __forceinline__
@@ -40,6 +42,40 @@ inline const char* pooling_name(int64_t p) {
   ATTNZOO_POOLINGS(ATTNZOO_POOLING_NAME)
 #undef ATTNZOO_POOLING_NAME
   return "?";
+}
+
+// The elementwise family's term phi(a_ih, b_jh) and outer profile g (its scores are
+// s_ij = g(sum_h w_h phi(a_ih, b_jh))): (enumerator, code, name), in code order; mirrored by
+// attnzoo/ops/schemas.py TERMS / PROFILES (tests/test_build_info.py keeps them equal).
+#define ATTNZOO_TERMS(X)   \
+  X(kTanh, 0, "tanh")      \
+  X(kAbsDiff, 1, "abs_diff") \
+  X(kSqDiff, 2, "sq_diff")
+// identity: g(r) = r; boxcar: 0 for r <= 1, else -inf; epanechnikov: log(1 - r) for r < 1, else
+// -inf (NaN stays NaN).
+#define ATTNZOO_PROFILES(X)  \
+  X(kIdentity, 0, "identity") \
+  X(kBoxcar, 1, "boxcar")     \
+  X(kEpanechnikov, 2, "epanechnikov")
+
+#define ATTNZOO_CODE_ENUMERATOR(e, code, name) e = code,
+enum Term : int64_t { ATTNZOO_TERMS(ATTNZOO_CODE_ENUMERATOR) };
+enum Profile : int64_t { ATTNZOO_PROFILES(ATTNZOO_CODE_ENUMERATOR) };
+#undef ATTNZOO_CODE_ENUMERATOR
+#define ATTNZOO_CODE_ONE(e, code, name) +1
+constexpr int64_t kNumTerms = 0 ATTNZOO_TERMS(ATTNZOO_CODE_ONE);
+constexpr int64_t kNumProfiles = 0 ATTNZOO_PROFILES(ATTNZOO_CODE_ONE);
+#undef ATTNZOO_CODE_ONE
+
+// f(std::integral_constant<int64_t, TERM>{}) for the term code (validated): the kernels
+// instantiate their term inside f (host code).
+template <class F>
+decltype(auto) dispatch_term(int64_t term, F&& f) {
+#define ATTNZOO_TERM_CASE(e, code, name) \
+  if (term == code) return std::forward<F>(f)(std::integral_constant<int64_t, e>{});
+  ATTNZOO_TERMS(ATTNZOO_TERM_CASE)
+#undef ATTNZOO_TERM_CASE
+  return std::forward<F>(f)(std::integral_constant<int64_t, kTanh>{});  // unreachable after validation
 }
 
 struct KeyRange {

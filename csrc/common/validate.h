@@ -90,7 +90,7 @@ inline void check_like(const char* op, const char* arg, const at::Tensor& t, con
 }
 
 // The per-query x (B, Nq, F), per-key y (B, Nk, F) and values v (B, Nk, Dv) of both families
-// (F is D for bilinear, H for additive): ranks, shapes, a float dtype, y and v like x.
+// (F is D for bilinear, H for elementwise): ranks, shapes, a float dtype, y and v like x.
 inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const char* yn, const at::Tensor& y,
                       const at::Tensor& v, const char* x_shape, const char* y_shape, const Dtypes& dtypes) {
   check_rank(op, xn, x, 3, x_shape);
@@ -116,11 +116,30 @@ inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Te
   check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, pooling, window);
 }
 
-// a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv).
-inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
-                               const at::Tensor& v, const OptTensor& valid_lens,
-                               const OptTensor& mask, int64_t pooling, int64_t window,
-                               const Dtypes& dtypes) {
+// "0 (tanh), 1 (abs_diff) or 2 (sq_diff)" for a code list (params.h ATTNZOO_TERMS / _PROFILES).
+#define ATTNZOO_CODE_CHOICE(e, code, name) \
+  o << (code == 0 ? "" : code + 1 == n ? " or " : ", ") << code << " (" << name << ")";
+inline std::string term_choices() {
+  std::ostringstream o;
+  const int64_t n = kNumTerms;
+  ATTNZOO_TERMS(ATTNZOO_CODE_CHOICE)
+  return o.str();
+}
+inline std::string profile_choices() {
+  std::ostringstream o;
+  const int64_t n = kNumProfiles;
+  ATTNZOO_PROFILES(ATTNZOO_CODE_CHOICE)
+  return o.str();
+}
+#undef ATTNZOO_CODE_CHOICE
+
+// a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv); term and profile codes.
+inline void check_elementwise_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
+                                  const at::Tensor& v, int64_t term, int64_t profile, const OptTensor& valid_lens,
+                                  const OptTensor& mask, int64_t pooling, int64_t window, const Dtypes& dtypes) {
+  TORCH_CHECK(term >= 0 && term < kNumTerms, op, ": term must be ", term_choices(), ", got ", term);
+  TORCH_CHECK(profile >= 0 && profile < kNumProfiles, op, ": profile must be ", profile_choices(), ", got ",
+              profile);
   check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", dtypes);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   check_rank(op, "w", w, 1, "(H,)");
@@ -130,7 +149,7 @@ inline void check_additive_fwd(const char* op, const at::Tensor& a, const at::Te
 }
 
 // Backward extras: grad_out (B, Nq, Dv), grad_lse (B, Nq), and the saved forward outputs.
-// `x` is q (bilinear) or a (additive); its dtype is the input dtype.
+// `x` is q (bilinear) or a (elementwise); its dtype is the input dtype.
 inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tensor& v, const at::Tensor& grad_out,
                             const OptTensor& grad_lse, const at::Tensor& out, const at::Tensor& lse,
                             const at::Tensor& argmax, const at::Tensor& soft_out, int64_t pooling) {

@@ -1,7 +1,7 @@
 // Block drivers of the fused CPU attention kernels, shared by both score families.
 //
-// A "scorer" (the family policy: bilinear_scorer.h, additive_scorer.h; the CUDA tile policies
-// in cuda/bilinear_tile.cuh, cuda/additive_tile.cuh have the same two methods) supplies the
+// A "scorer" (the family policy: bilinear_scorer.h, elementwise_scorer.h; the CUDA tile policies
+// in cuda/bilinear_tile.cuh, cuda/elementwise_tile.cuh have the same two methods) supplies the
 // family-specific parts on a ScoreBlock (query block x key block):
 //   score(blk, S, ldS): raw scores S[r][j] of query i0+r, key j0+j (only columns
 //       [ra[r], re[r]) are used; others may hold anything);
@@ -32,7 +32,7 @@ namespace attnzoo::cpu {
 // per-ISA inline namespace keeps the copies apart (no ODR clash between translation units).
 inline namespace ATTNZOO_ISA {
 
-// Default block sizes (the additive scorer's buffers assume them).
+// Default block sizes (the elementwise scorer's buffers assume them).
 constexpr int64_t kBQ = 64;   // queries per task block
 constexpr int64_t kBK = 128;  // keys per block (multiple of 4 vectors)
 

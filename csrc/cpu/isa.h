@@ -1,5 +1,5 @@
 // CPU vector ISA of the kernels: the extension is compiled for AVX2 + FMA (setup.py), and the
-// additive family's kernels and the bilinear uniform scores are compiled a second time for
+// elementwise family's kernels and the bilinear uniform scores are compiled a second time for
 // AVX-512 (kernels_avx512.cpp), chosen at run time (runtime_isa). ISA-neutral: safe to include
 // in any translation unit.
 #pragma once

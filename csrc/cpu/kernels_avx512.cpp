@@ -1,5 +1,5 @@
 // Kernels compiled a second time, for AVX-512 (16 floats per vector), chosen at run time (isa.h):
-// the additive family's block kernels (additive_impl.h, by additive_fwd / additive_bwd) and the
+// the elementwise family's block kernels (elementwise_impl.h, by elementwise_fwd / elementwise_bwd) and the
 // bilinear family's uniform scores (uniform_scores.h, by uniform_scores_dispatch). The rest of the extension
 // is compiled for AVX2 + FMA, so this file enables AVX-512 for its own code only:
 //  * CPU_CAPABILITY is switched to AVX512 so that at::vec uses its 512-bit Vectorized types, in
@@ -47,7 +47,7 @@
 #include "common/params.h"
 #include "common/pooling.h"
 #include "cpu/kernel_args.h"
-#include "cpu/additive_kernels.h"
+#include "cpu/elementwise_kernels.h"
 #include "cpu/bilinear_kernels.h"
 
 // (at::vec must not be included above: its AVX-512 code would fail to compile without the target.)
@@ -65,17 +65,17 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "cpu/additive_impl.h"
+#include "cpu/elementwise_impl.h"
 #include "cpu/uniform_scores.h"
 
 static_assert(at::vec::Vectorized<float>::size() == 16, "kernels_avx512.cpp: expected 512-bit at::vec");
 
 namespace attnzoo::cpu {
 
-void additive_fwd_avx512(const AdditiveFwdArgs<float>& p) { AVX512::additive_fwd_impl<float>(p); }
-void additive_fwd_avx512(const AdditiveFwdArgs<double>& p) { AVX512::additive_fwd_impl<double>(p); }
-void additive_bwd_avx512(const AdditiveBwdArgs<float>& p) { AVX512::additive_bwd_impl<float>(p); }
-void additive_bwd_avx512(const AdditiveBwdArgs<double>& p) { AVX512::additive_bwd_impl<double>(p); }
+void elementwise_fwd_avx512(const ElementwiseFwdArgs<float>& p) { AVX512::elementwise_fwd_impl<float>(p); }
+void elementwise_fwd_avx512(const ElementwiseFwdArgs<double>& p) { AVX512::elementwise_fwd_impl<double>(p); }
+void elementwise_bwd_avx512(const ElementwiseBwdArgs<float>& p) { AVX512::elementwise_bwd_impl<float>(p); }
+void elementwise_bwd_avx512(const ElementwiseBwdArgs<double>& p) { AVX512::elementwise_bwd_impl<double>(p); }
 
 void uniform_scores_avx512(const float* q, int64_t nq, int64_t D, const float* kT, int64_t ldk, int64_t nk,
                            float scale, float* S, int64_t ldS) {

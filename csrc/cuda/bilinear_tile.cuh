@@ -7,6 +7,8 @@
 // A CUDA tile policy has
 //   x, y, D: the per-query (B, Nq, D) and per-key (B, Nk, D) features, contiguous;
 //   score<KEY_ROWS>(tile, sm, s): the final scores of the thread's entries of the tile (block-wide);
+//   dprofile(ds, s): the gradient of the family's inner sum from dS and the score (the
+//   elementwise family's outer profile; identity here);
 //   Grad<NO>: a thread's gradient accumulators for its row over one chunk of NO * 8 features;
 //   dscore_begin<KEY_ROWS>(g, tile, oc0), dscore<KEY_ROWS>(g, sm): accumulate from dS in sm.p and
 //   the other side's features staged in sm.v (columns [oc0, oc0 + OC)), dscore_store<KEY_ROWS>(g,
@@ -34,6 +36,8 @@ struct BilinearTile {
     A g[NO];
     A dkb;
   };
+
+  __device__ __forceinline__ A dprofile(A ds, A) const { return ds; }
 
   template <bool KEY_ROWS, int C, int KC, int OC>
   __device__ __forceinline__ void score(const Tile& tl, TileSmem<A, C, KC, OC>& sm, A (&s)[C / 8]) const {

@@ -1,7 +1,7 @@
 // Generic (CUDA-core) fused backward, for any family tile policy (bilinear_tile.cuh,
-// additive_tile.cuh), recomputing the probabilities from the saved lse (no atomics,
+// elementwise_tile.cuh), recomputing the probabilities from the saved lse (no atomics,
 // deterministic):
-//   * dq_kernel  : rows = queries, loops over key tiles  -> dq (bilinear) / da (additive)
+//   * dq_kernel  : rows = queries, loops over key tiles  -> dq (bilinear) / da (elementwise)
 //   * dkv_kernel : rows = keys,    loops over query tiles -> dk / db (and the family's own
 //                  outputs: dkey_bias / dw partials) and dv; grid.z walks OC-column chunks of [dk | dv].
 // The pooling policy (pooling.cuh) gives ds from dp_ij = dO_i . v_j (softmax and hard:
@@ -29,7 +29,7 @@ struct BwdParams {
   int z_begin;            // first chunk of [dk | dv] handled by this launch
 };
 
-// Key tiles of the dk / dv kernel (the additive family's dw partials are per key tile).
+// Key tiles of the dk / dv kernel (the elementwise family's dw partials are per key tile).
 __host__ __device__ __forceinline__ int64_t key_tiles(int64_t Nk) { return ceil_div(Nk, kRows); }
 
 template <class Family, class Pool, class T, class A>
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T,
     for (int ii = 0; ii < NI; ++ii) {
       const int64_t j = j0 + qt.c8 + 8 * ii;
       A ds = 0;
-      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) ds = Pool::dscore(row, s[ii], dp[ii]);
+      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) ds = p.fam.dprofile(Pool::dscore(row, s[ii], dp[ii]), s[ii]);
       sm.p[qt.r][qt.c8 + 8 * ii] = ds;
     }
     stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, qt.oc0, sm.v);
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
       const bool ok = j >= sLo[ci] && j < sHi[ci] && mask_ok(mp, mask_row(mp, b, i), j);
       A val = 0;
       if (is_dk) {
-        if (ok) val = Pool::dscore(sRow[ci], s[ii], dp[ii]);
+        if (ok) val = p.fam.dprofile(Pool::dscore(sRow[ci], s[ii], dp[ii]), s[ii]);
       } else {
         val = Pool::dv_weight(sRow[ci], s[ii], j, ok);
       }

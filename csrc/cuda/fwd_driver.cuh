@@ -1,5 +1,5 @@
 // Generic (CUDA-core) fused forward, for any family tile policy (bilinear_tile.cuh,
-// additive_tile.cuh) and pooling policy (pooling.cuh): flash-attention-style loop over key tiles
+// elementwise_tile.cuh) and pooling policy (pooling.cuh): flash-attention-style loop over key tiles
 // with the pooling's online reduction (softmax; arg-max; count). Works for every dtype and any
 // D / Dv: the contraction runs through shared memory in KC chunks and the output columns are
 // split over grid.z in OC chunks (each chunk recomputes the scores).

@@ -1,4 +1,4 @@
-// Bodies of the additive kernels (see additive_kernels.h), in the translation unit's ISA namespace.
+// Bodies of the elementwise kernels (see elementwise_kernels.h), in the translation unit's ISA namespace.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -7,13 +7,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/additive_kernels.h"
-#include "cpu/additive_scorer.h"
+#include "cpu/elementwise_kernels.h"
+#include "cpu/elementwise_scorer.h"
 
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
 
-// The float forward's exp form (AdditiveScorer::use_exp) needs |a|, |b| <= kExpBound so that
+// The float tanh forward's exp form (ElementwiseScorer::use_exp) needs |a|, |b| <= kExpBound so that
 // e^{2a} e^{2b} lies in [e^-80, e^80]: finite and normal in float. ATTNZOO_ADDITIVE_EXP=0
 // (read once) turns it off, for comparisons.
 constexpr float kExpBound = 20.0f;
@@ -53,12 +53,12 @@ inline bool exp2x_bounded(const float* x, float* out, int64_t n) {
 }
 
 template <typename T>
-void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
-  const AdditiveInputs<T>& x = p.x;
+void elementwise_fwd_impl(const ElementwiseFwdArgs<T>& p) {
+  const ElementwiseInputs<T>& x = p.x;
   at::Tensor ea, eb;  // torch tensors, not std::vector: memory profilers see them
   bool use_exp = false;
   if constexpr (std::is_same_v<T, float>) {
-    if (additive_exp_form_enabled()) {
+    if (x.term == kTanh && additive_exp_form_enabled()) {
       const int64_t B = x.mp.B;
       ea = at::empty({B * x.Nq * x.H}, at::kFloat);
       eb = at::empty({B * x.Nk * x.H}, at::kFloat);
@@ -66,18 +66,26 @@ void additive_fwd_impl(const AdditiveFwdArgs<T>& p) {
                 exp2x_bounded(x.b, eb.data_ptr<float>(), B * x.Nk * x.H);
     }
   }
-  forward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.out, [&] {
-    AdditiveScorer<T> sc(x.a, x.b, x.w, x.Nq, x.Nk, x.H, nullptr);
-    if (use_exp) sc.use_exp(static_cast<const T*>(ea.const_data_ptr()), static_cast<const T*>(eb.const_data_ptr()));
-    return sc;
+  dispatch_term(x.term, [&](auto term) {
+    constexpr int64_t TERM = decltype(term)::value;
+    forward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.out, [&] {
+      ElementwiseScorer<T, TERM> sc(x.a, x.b, x.w, x.Nq, x.Nk, x.H, x.profile, nullptr);
+      if constexpr (TERM == kTanh)
+        if (use_exp)
+          sc.use_exp(static_cast<const T*>(ea.const_data_ptr()), static_cast<const T*>(eb.const_data_ptr()));
+      return sc;
+    });
   });
 }
 
 template <typename T>
-void additive_bwd_impl(const AdditiveBwdArgs<T>& p) {
-  const AdditiveInputs<T>& x = p.x;
-  backward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.dout, p.saved, *p.accs,
-                  [&] { return AdditiveScorer<T>(x.a, x.b, x.w, x.Nq, x.Nk, x.H, p.da); });
+void elementwise_bwd_impl(const ElementwiseBwdArgs<T>& p) {
+  const ElementwiseInputs<T>& x = p.x;
+  dispatch_term(x.term, [&](auto term) {
+    constexpr int64_t TERM = decltype(term)::value;
+    backward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.dout, p.saved, *p.accs,
+                    [&] { return ElementwiseScorer<T, TERM>(x.a, x.b, x.w, x.Nq, x.Nk, x.H, x.profile, p.da); });
+  });
 }
 
 }  // namespace ATTNZOO_ISA

@@ -1,8 +1,10 @@
-// The additive family's tile policy on CUDA: s_ij = sum_h w_h tanh(a_ih + b_jh), and its
-// gradients with g_ijh = ds_ij w_h (1 - t_ijh^2), t = tanh(a_ih + b_jh): da_ih = sum_j g_ijh,
-// db_jh = sum_i g_ijh, dw_h = sum_ij ds_ij t_ijh (partial sums per key tile, summed by the host).
-// Nothing of size (Nq, Nk, H) is stored: tanh is recomputed per tile. The CPU twin is
-// cpu/additive_scorer.h; the interface is described in bilinear_tile.cuh.
+// The elementwise family's tile policy on CUDA: s_ij = g(r_ij), r_ij = sum_h w_h phi(a_ih, b_jh)
+// (terms phi: tanh(a + b), |a - b|, (a - b)^2, from a and b themselves; profiles g: params.h),
+// and its gradients with gh_ijh = dr_ij w_h dphi/d(own) (own: the row's features a_i or b_j; every
+// term is symmetric, so d/d(own) is one formula for da and db): da_ih = sum_j gh_ijh,
+// db_jh = sum_i gh_ijh, dw_h = sum_ij dr_ij phi_ijh (partial sums per key tile, summed by the host);
+// dr = dprofile(ds, s). Nothing of size (Nq, Nk, H) is stored: phi is recomputed per tile. The CPU
+// twin is cpu/elementwise_scorer.h; the interface is described in bilinear_tile.cuh.
 #pragma once
 
 #include "cuda/common.cuh"
@@ -51,15 +53,73 @@ struct TanhTerm {
   __device__ __forceinline__ A operator()(A x, A y) const {
     return tanh_acc<T>(x + y);
   }
+  // d phi / d x, given phi = (*this)(x, y).
+  template <class A>
+  __device__ __forceinline__ A deriv(A phi, A, A) const {
+    return A(1) - phi * phi;
+  }
 };
 
-template <class T, class A>
-struct AdditiveTile {
+template <class T>
+struct AbsDiffTerm {
+  static constexpr bool kWeighted = true;
+  template <class A>
+  __device__ __forceinline__ A operator()(A x, A y) const {
+    return x > y ? x - y : y - x;
+  }
+  template <class A>
+  __device__ __forceinline__ A deriv(A, A x, A y) const {  // sign(x - y), 0 at x == y
+    return x > y ? A(1) : (x < y ? A(-1) : A(0));
+  }
+};
+
+template <class T>
+struct SqDiffTerm {
+  static constexpr bool kWeighted = true;
+  template <class A>
+  __device__ __forceinline__ A operator()(A x, A y) const {
+    const A d = x - y;
+    return d * d;
+  }
+  template <class A>
+  __device__ __forceinline__ A deriv(A, A x, A y) const {
+    return A(2) * (x - y);
+  }
+};
+
+template <int64_t TERM, class T>
+struct TermOf;
+template <class T>
+struct TermOf<kTanh, T> {
+  using type = TanhTerm<T>;
+};
+template <class T>
+struct TermOf<kAbsDiff, T> {
+  using type = AbsDiffTerm<T>;
+};
+template <class T>
+struct TermOf<kSqDiff, T> {
+  using type = SqDiffTerm<T>;
+};
+
+// g(r) (params.h), NaN staying NaN.
+template <class A>
+__device__ __forceinline__ A apply_profile(int64_t profile, A r) {
+  const A ninf = neg_inf<A>();
+  if (profile == kBoxcar) return r <= A(1) ? A(0) : (r > A(1) ? ninf : r);
+  if (profile == kEpanechnikov) return r < A(1) ? log1p(-r) : (r >= A(1) ? ninf : r);
+  return r;
+}
+
+template <int64_t TERM, class T, class A>
+struct ElementwiseTile {
+  using Term = typename TermOf<TERM, T>::type;
   const T* x;  // a (B, Nq, H)
   const T* y;  // b (B, Nk, H)
   int64_t D;   // H
   const T* w;  // (H,)
   A* dw_ws;    // backward: (B * key_tiles(Nk), H) partial sums of dw per key tile, or nullptr
+  int64_t profile;
 
   template <int NO>
   struct Grad {
@@ -68,7 +128,19 @@ struct AdditiveTile {
 
   template <bool KEY_ROWS, int C, int KC, int OC>
   __device__ __forceinline__ void score(const Tile& tl, TileSmem<A, C, KC, OC>& sm, A (&s)[C / 8]) const {
-    contract_family_tile<KEY_ROWS>(x, y, D, w, tl, sm, s, TanhTerm<T>{});
+    contract_family_tile<KEY_ROWS>(x, y, D, w, tl, sm, s, Term{});
+    if (profile != kIdentity) {
+#pragma unroll
+      for (int ii = 0; ii < C / 8; ++ii) s[ii] = apply_profile(profile, s[ii]);
+    }
+  }
+
+  // dr = ds g'(r) from the score s = g(r): 1 (identity), 0 (boxcar), -1 / (1 - r) = -e^{-s}
+  // (epanechnikov, inside its support; ds is 0 outside, where s = -inf).
+  __device__ __forceinline__ A dprofile(A ds, A s) const {
+    if (profile == kIdentity) return ds;
+    if (profile == kBoxcar || !(s > neg_inf<A>())) return A(0);
+    return -ds * exp(-s);
   }
 
   template <bool KEY_ROWS, int NO>
@@ -96,9 +168,10 @@ struct AdditiveTile {
       if (d == A(0)) continue;
 #pragma unroll
       for (int io = 0; io < OC / 8; ++io) {
-        const A th = tanh_acc<T>(g.own[io] + sm.v[c][c8 + 8 * io]);
-        g.g[io] += d * g.w[io] * (A(1) - th * th);
-        if (KEY_ROWS) g.dw[io] += d * th;
+        const A other = sm.v[c][c8 + 8 * io];
+        const A phi = Term{}(g.own[io], other);
+        g.g[io] += d * g.w[io] * Term{}.deriv(phi, g.own[io], other);
+        if (KEY_ROWS) g.dw[io] += d * phi;
       }
     }
   }

@@ -1,0 +1,42 @@
+// attnzoo::elementwise_bwd on CPU (scores and terms recomputed per block from lse).
+// p_ij = exp(s_ij - lse_i); dv_j = sum_i p_ij dO_i (hard: one-hot of argmax);
+// ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i (o = soft_out for hard; average: ds = 0);
+// with dr = ds g'(r) and phi_ijh = phi(a_ih, b_jh): da_ih = sum_j dr_ij w_h dphi/da, db_jh = sum_i dr_ij w_h dphi/db,
+// dw_h = sum_ij dr_ij phi_ijh (elementwise_scorer.h). Runs the AVX-512 block kernel when runtime_isa() picks it
+// (see elementwise_fwd.cpp).
+#include <ATen/Dispatch.h>
+
+#include "common/validate.h"
+#include "cpu/elementwise_impl.h"
+#include "cpu/ops_cpu.h"
+
+namespace attnzoo::cpu {
+
+Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
+                        const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
+                        const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
+                        int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,
+                        const at::Tensor& soft_out) {
+  const char* op = "attnzoo.elementwise_bwd";
+  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, pooling, window, kCpuDtypes);
+  check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
+  const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
+  const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v), go = to_acc(grad_out);
+  const auto gl = to_acc(grad_lse);
+  const auto od = to_acc(softmax_output(pooling, out, soft_out)), lsea = lse.contiguous(), am = argmax.contiguous();
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
+  std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};
+  AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_bwd", [&] {
+    const ElementwiseBwdArgs<scalar_t> p{elementwise_inputs<scalar_t>(mp, term, profile, aa, ba, wa, va),
+                                         go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk), &accs,
+                                         da.data_ptr<scalar_t>()};
+#if defined(ATTNZOO_HAVE_AVX512_KERNELS)
+    if (runtime_isa() == CpuIsa::kAVX512) return elementwise_bwd_avx512(p);
+#endif
+    elementwise_bwd_impl<scalar_t>(p);
+  });
+  return {da.to(a.scalar_type()), db.to(b.scalar_type()), dw.to(w.scalar_type()), dv.to(v.scalar_type())};
+}
+
+}  // namespace attnzoo::cpu
