@@ -1,5 +1,7 @@
-"""Backends: ``reference`` (eager PyTorch, materialises the weights) and ``fused``
-(``torch.ops.attnzoo``, one pass over key blocks); ``auto`` picks fused when it can.
+"""Backends: ``reference`` (eager PyTorch, materialises the weights), ``fused`` (``torch.ops.attnzoo``,
+one pass over key blocks) and ``blockwise`` (any score, called on query block x key chunk pairs:
+:mod:`attnzoo.blockwise`); ``auto`` picks fused when it can, else blockwise when the reference would
+allocate more than ``blockwise.AUTO_ABOVE_BYTES`` for a broadcast score, else the reference.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ import math
 import torch
 from torch import Tensor
 
-from . import ops
+from . import blockwise, ops
 from .masks import MaskSpec
 from .ops import reference
 from .ops.schemas import PROFILES, TERMS
 from .pooling import masked_softmax, pool, straight_through
 from .scoring import Bilinear, Elementwise
 
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = ("auto", "fused", "reference", "blockwise")
 # device -> dtypes the extension's kernels were compiled for, as it reports them
 _COMPILED_DTYPES = {dev: tuple(getattr(torch, n) for n in names)
                     for dev, names in ops.build_info().get("dtypes", {}).items()}
@@ -38,23 +40,27 @@ def fused_form(score, pooling: str, query: Tensor, key: Tensor) -> Bilinear | El
 
 def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
     """``(backend, reason, form)`` for ``score`` x ``pooling`` on these inputs; ``form`` is None for reference."""
-    if backend == "reference":
-        return "reference", "reference: requested with backend='reference'", None
+    if backend == "reference" or (backend == "blockwise" and pooling == "average"):
+        return "reference", f"reference: requested with backend={backend!r}" + (
+            " (average pooling reads no scores)" if backend == "blockwise" else ""), None
+    if backend == "blockwise":
+        return "blockwise", "blockwise: requested with backend='blockwise'", None
     if backend == "auto" and not ops.EXTENSION:
-        return "reference", f"reference: fused ops not compiled ({ops.EXTENSION_STATUS})", None
+        return _reference_or_blockwise(f"fused ops not compiled ({ops.EXTENSION_STATUS})", pooling, query, key)
     compiled = _compiled_for(query)
     if backend == "fused" and ops.EXTENSION and not compiled and query.device.type in ops.compiled_devices():
         raise ValueError(f"backend: 'fused' has no {query.device.type} kernel for {query.dtype} "
                          f"(it has {', '.join(str(d) for d in _COMPILED_DTYPES[query.device.type])})")
     if backend == "auto" and not compiled:
-        return "reference", (f"reference: no compiled kernel for {query.device.type} / {query.dtype} "
-                             f"(compiled: {', '.join(ops.compiled_devices()) or 'none'})"), None
+        return _reference_or_blockwise(f"no compiled kernel for {query.device.type} / {query.dtype} "
+                                       f"(compiled: {', '.join(ops.compiled_devices()) or 'none'})",
+                                       pooling, query, key)
     form = fused_form(score, pooling, query, key)
     if form is None:
         why = f"score {type(score).__name__} has no fused form here (neither bilinear nor elementwise)"
         if backend == "fused":
             raise ValueError(f"backend: 'fused' is not available: {why}")
-        return "reference", f"reference: {why}", None
+        return _reference_or_blockwise(why, pooling, query, key)
     if not isinstance(form, (Bilinear, Elementwise)):
         raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Elementwise or None, got {form!r}")
     check_form(type(score).__name__, form, query, key)
@@ -62,6 +68,16 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
     dev = query.device.type
     where = "compiled kernels" if compiled else f"the ops' eager implementation (no compiled {dev} kernel)"
     return "fused", f"fused: {family} family, {query.device.type} / {query.dtype}, on {where}", form
+
+
+def _reference_or_blockwise(why: str, pooling: str, query: Tensor, key: Tensor):
+    """``auto`` without the fused kernels: blockwise once a broadcast score would need more than
+    ``AUTO_ABOVE_BYTES`` on the reference, else the reference."""
+    need = blockwise.reference_bytes(query, key)
+    if pooling != "average" and need > blockwise.AUTO_ABOVE_BYTES:
+        return "blockwise", (f"blockwise: {why}, and the reference would allocate ~{need / 2**20:.0f} MiB for a "
+                             f"broadcast score (above {blockwise.AUTO_ABOVE_BYTES // 2**20} MiB)"), None
+    return "reference", f"reference: {why}", None
 
 
 def check_form(name: str, form: Bilinear | Elementwise, query: Tensor, key: Tensor) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import backends
+from . import backends, blockwise
 from .interface import Attention
 from .masks import MaskSpec
 from .pooling import POOLINGS, pool
@@ -98,6 +98,12 @@ class PooledAttention(Attention):
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         if backend == "fused":
             out, weights = backends.run_fused(form, self.pooling, query, key, value, spec, return_weights or nonfinite)
+        elif backend == "blockwise" and not (return_weights or nonfinite):  # (weights: the reference's way)
+            def check(s, q, k):
+                _check_scores(self.score, s, q, MaskSpec(spec.batch, q.shape[-2], k.shape[-2]))
+
+            return blockwise.attend(self.score, check, self.pooling, query, key, value,
+                                    spec.dense(query.device)), None
         else:
             scores = None if self.pooling == "average" else self.score(query, key)
             if scores is not None:

@@ -266,6 +266,117 @@ def test_hard(benchmark, impl):
     run(benchmark, f"hard_{impl}_{N}", fn, rounds=rounds)
 
 
+# --- the Laplace plugin (examples/attnzoo-laplace): a third-party score on the elementwise |a - b| term ---
+_LAPLACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "attnzoo-laplace",
+                        "attnzoo_laplace", "__init__.py")
+
+
+def laplace(backend):
+    """The example plugin's score under soft pooling, loaded from its file (not registered)."""
+    import importlib.util
+
+    from attnzoo.variants import PooledAttention
+
+    spec = importlib.util.spec_from_file_location("bench_laplace_plugin", _LAPLACE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return PooledAttention(mod.Laplace(bandwidth=8.0), "soft", backend=backend)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_laplace(benchmark, impl):
+    benchmark.group = "laplace plugin, (2, 1024, 64)"
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1024, 64, generator=g) for _ in range(3))
+    attn = laplace(impl)
+    run(benchmark, f"laplace_{impl}_1024", lambda: attn(q, k, v), rounds=2 if impl == "reference" else 5)
+
+
+_LAPLACE_MEMORY = textwrap.dedent(
+    """
+    import resource, sys, time, torch
+    sys.path.insert(0, {bench!r})
+    from test_targets_cpu import laplace
+    torch.set_num_threads({threads})
+    attn = laplace("fused")
+    q, k, v = (torch.randn(2, 8192, 64) for _ in range(3))
+    attn(q[:, :64], k[:, :64], v[:, :64])  # warm up
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    t = time.perf_counter()
+    attn(q, k, v)
+    t = time.perf_counter() - t
+    with open("/proc/self/status") as f:
+        after = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print((after - before) * 1024, t)
+    """
+)
+
+
+@pytest.mark.slow
+def test_laplace_memory_8192():
+    """The Laplace plugin at N = 8192 (batch 2, D 64) runs fused with < 256 MiB extra peak RSS (the
+    reference would need 2 x 8192^2 x 64 x 4 B = 32 GiB for its broadcast)."""
+    script = _LAPLACE_MEMORY.format(bench=os.path.dirname(os.path.abspath(__file__)), threads=THREADS)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra, seconds = map(float, res.stdout.split())
+    print(f"\nlaplace N=8192: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
+    assert extra < 256 * 2**20, f"laplace N=8192: peak RSS delta {extra / 2**20:.0f} MiB >= 256 MiB"
+
+
+# --- a third-party forward-only score (no fused form) on the blockwise backend ---------------------------
+class BroadcastL2(torch.nn.Module):
+    """``s = -|q - k|^2`` written as a broadcast, the way a user writes a score: (..., Nq, Nk, D) inside."""
+
+    def forward(self, query, key):
+        return -((query.unsqueeze(-2) - key.unsqueeze(-3)) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("impl", ["reference", "blockwise"])
+def test_forward_only_score(benchmark, impl):
+    from attnzoo.variants import PooledAttention
+
+    benchmark.group = "forward-only score, (2, 1024, 32)"
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1024, 32, generator=g) for _ in range(3))
+    attn = PooledAttention(BroadcastL2(), "soft", backend=impl)
+    run(benchmark, f"fwdonly_{impl}_1024", lambda: attn(q, k, v), rounds=3)
+
+
+_BLOCKWISE_MEMORY = textwrap.dedent(
+    """
+    import resource, sys, time, torch
+    sys.path.insert(0, {bench!r})
+    from test_targets_cpu import BroadcastL2
+    from attnzoo.variants import PooledAttention
+    torch.set_num_threads({threads})
+    attn = PooledAttention(BroadcastL2(), "soft")  # auto: blockwise at this size
+    q, k, v = (torch.randn(2, 4096, 32) for _ in range(3))
+    assert attn.explain(q, k, v).startswith("blockwise"), attn.explain(q, k, v)
+    attn(q[:, :64], k[:, :64], v[:, :64])
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    t = time.perf_counter()
+    attn(q, k, v)
+    t = time.perf_counter() - t
+    with open("/proc/self/status") as f:
+        after = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print((after - before) * 1024, t)
+    """
+)
+
+
+@pytest.mark.slow
+def test_blockwise_memory_4096():
+    """A forward-only score at N = 4096 (batch 2, D 32) runs on auto (blockwise) with < 512 MiB extra
+    peak RSS; the reference's broadcast alone would be 2 x 4096^2 x 32 x 4 B = 4 GiB."""
+    script = _BLOCKWISE_MEMORY.format(bench=os.path.dirname(os.path.abspath(__file__)), threads=THREADS)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra, seconds = map(float, res.stdout.split())
+    print(f"\nblockwise forward-only N=4096: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
+    assert extra < 512 * 2**20, f"blockwise N=4096: peak RSS delta {extra / 2**20:.0f} MiB >= 512 MiB"
+
+
 # --- targets --------------------------------------------------------------------------------------
 # (name, numerator, denominator, bound): numerator / denominator <= bound
 TARGETS = [
@@ -276,6 +387,8 @@ TARGETS = [
     ("nadaraya-watson fused / SDPA", "nw_fused", "nw_sdpa", 1.0),
     ("local window N=8192 / N=1024", "local_8192", "local_1024", 10.0),
     ("hard fused / eager N=4096", "hard_fused_4096", "hard_eager_4096", 1 / 3),
+    ("laplace fused / reference N=1024", "laplace_fused_1024", "laplace_reference_1024", 1 / 20),
+    ("forward-only blockwise / reference N=1024", "fwdonly_blockwise_1024", "fwdonly_reference_1024", 2.0),
 ]
 
 

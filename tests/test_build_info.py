@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attnzoo.ops as ops
-from attnzoo.ops.schemas import POOLINGS
+from attnzoo.ops.schemas import POOLINGS, PROFILES, TERMS
 
 if not ops.EXTENSION:
     pytest.skip(f"attnzoo._C is not built ({ops.EXTENSION_STATUS})", allow_module_level=True)
@@ -32,6 +32,11 @@ def _dtypes_in(test_file: str, name: str) -> set[str]:
 
 def test_poolings_match_the_python_codes():
     assert ops.build_info()["poolings"] == POOLINGS
+
+
+def test_elementwise_codes_match_the_python_codes():
+    assert ops.build_info()["terms"] == TERMS
+    assert ops.build_info()["profiles"] == PROFILES
 
 
 def test_dtypes_are_named_per_device():

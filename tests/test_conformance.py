@@ -1,4 +1,4 @@
-"""The conformance suite over every registered variant, on both backends, with each built-in's
+"""The conformance suite over every registered variant, on every backend, with each built-in's
 independent formula (``tests/formulas.py``) and a pinned list of the checks each one runs."""
 
 import json
@@ -26,8 +26,6 @@ EXTRA = [
                    "pooling": "hard"}),
     ("multihead", {"embed_dim": 8, "num_heads": 4, "kdim": 8, "vdim": 6, "window": 1}),
 ]
-# the compact-support Nadaraya-Watson kernels have no fused form (they need -inf scores)
-FUSABLE = [e for e in EXTRA if e[1].get("kernel") not in ("epanechnikov", "boxcar")]
 SNAPSHOT = Path(__file__).with_name("conformance_checks.json")
 
 
@@ -40,7 +38,7 @@ def _with(backend, items):
     return out
 
 
-CASES = {"reference": _with("reference", BUILTINS + EXTRA), "fused": _with("fused", BUILTINS + FUSABLE)}
+CASES = {backend: _with(backend, BUILTINS + EXTRA) for backend in ("reference", "fused", "blockwise")}
 
 
 @parametrize_with_checks(CASES["reference"])
@@ -50,6 +48,11 @@ def test_reference(case, check):
 
 @parametrize_with_checks(CASES["fused"])
 def test_fused(case, check):
+    check(case)
+
+
+@parametrize_with_checks(CASES["blockwise"])
+def test_blockwise(case, check):
     check(case)
 
 

@@ -78,7 +78,8 @@ struct ElementwiseScorer {
   const T *a, *bb, *w;
   int64_t Nq, Nk, H, profile;
   T* da;
-  std::vector<T> bT, dbT, dwv;  // (H, kBK), (H, kBK), (H, VS)
+  std::vector<T> bT, dbT;  // (H, kBK), (H, kBK)
+  std::vector<double> dws;  // (H,): the block's dw, summed in double (it cancels: sum_j ds_ij = 0 per row)
   std::vector<T> dR;            // epanechnikov's backward: dr = ds g'(r) of a block (kBQ, kBK)
   // Forward-only exp form of tanh (use_exp): tanh(a + b) = 1 - 2 / (1 + e^{2a} e^{2b}), so
   // r_ij = sum_h (-2 w_h) (1 / (1 + ea_ih eb_jh) - 1/2) with ea = exp(2a), eb = exp(2b)
@@ -92,7 +93,7 @@ struct ElementwiseScorer {
       : a(a_), bb(b_), w(w_), Nq(Nq_), Nk(Nk_), H(H_), profile(profile_), da(da_), bT(H_ * kBK, T(0)) {
     if (da) {
       dbT.assign(H * kBK, T(0));
-      dwv.assign(H * VS, T(0));
+      dws.assign(H, 0.0);
       if (profile == kEpanechnikov) dR.assign(kBQ * kBK, T(0));
     }
   }
@@ -182,7 +183,7 @@ struct ElementwiseScorer {
     const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     const int64_t *ra = blk.ra, *re = blk.re;
     std::fill(dbT.begin(), dbT.end(), T(0));
-    std::fill(dwv.begin(), dwv.end(), T(0));
+    std::fill(dws.begin(), dws.end(), 0.0);
     for (int64_t r = 0; r < nq; ++r) {
       if (re[r] <= ra[r]) continue;
       const T* ar = a + (b * Nq + i0 + r) * H;
@@ -191,7 +192,7 @@ struct ElementwiseScorer {
       const int64_t js = ra[r] - ra[r] % VS, je = round_up(re[r]);
       for (int64_t h = 0; h < H; ++h) {
         const V av(ar[h]), wv(w[h]);
-        V gacc(T(0)), tacc = V::loadu(dwv.data() + h * VS);
+        V gacc(T(0)), tacc(T(0));
         const T* bt = bT.data() + h * kBK;
         T* dbt = dbT.data() + h * kBK;
         for (int64_t j = js; j < je; j += VS) {
@@ -206,15 +207,15 @@ struct ElementwiseScorer {
             (V::loadu(dbt + j) + g).store(dbt + j);
           tacc = at::vec::fmadd(d, phi, tacc);
         }
-        dar[h] += at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, gacc);
-        tacc.store(dwv.data() + h * VS);
+        const auto sum = [](V& x, V& y) { return x + y; };
+        dar[h] += at::vec::vec_reduce_all<T>(sum, gacc);
+        dws[h] += at::vec::vec_reduce_all<T>(sum, tacc);
       }
     }
     T* db = acc[1] + (b * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) db[j * H + h] += dbT[h * kBK + j];
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t l = 0; l < VS; ++l) acc[2][h] += dwv[h * VS + l];
+    for (int64_t h = 0; h < H; ++h) acc[2][h] += static_cast<T>(dws[h]);
   }
 };
 

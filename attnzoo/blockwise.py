@@ -1,0 +1,141 @@
+"""The blockwise backend: any score, without its ``(..., Nq, Nk, D)`` intermediates.
+
+For a score with no fused form (a ``forward(query, key)`` only), the output is computed by an online
+softmax / arg-max over key chunks in eager PyTorch, calling the score's own ``forward`` on
+(query block, key chunk) pairs: peak memory ``O(block x chunk x D)`` instead of the reference's
+``O(Nq x Nk x D)``. The backward recomputes each pair's scores from the saved log-sum-exp (as the
+fused kernels do) and back-propagates ``dS`` through the score with ``torch.autograd.grad``: nothing
+of size ``Nq x Nk`` is stored. Shapes: query ``(..., Nq, Dq)``, key ``(..., Nk, Dk)``, value
+``(..., Nk, Dv)``, valid ``(..., Nq, Nk)`` bool; out ``(..., Nq, Dv)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BLOCK = 256  # queries per block and keys per chunk
+# backend="auto" runs a score without a fused form blockwise once a broadcast score's intermediate,
+# batch x Nq x Nk x max(Dq, Dk) elements, would exceed this many bytes
+AUTO_ABOVE_BYTES = 256 * 2**20
+
+
+def reference_bytes(query: Tensor, key: Tensor) -> int:
+    """What a broadcast score's ``(..., Nq, Nk, D)`` intermediate would take on the reference backend."""
+    batch = query.shape[:-2].numel()
+    return batch * query.shape[-2] * key.shape[-2] * max(query.shape[-1], key.shape[-1]) * query.element_size()
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(n: int):
+    return [(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
+
+
+def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor) -> Tensor:
+    s = score(q, k)
+    check(s, q, k)
+    return s.masked_fill(~valid, float("-inf"))
+
+
+def _forward(score, check, hard: bool, query, key, value, valid):
+    acc = _acc(query.dtype)
+    batch, nq, dv = query.shape[:-2], query.shape[-2], value.shape[-1]
+    outs, lses, args = [], [], []
+    for i0, i1 in _blocks(nq):
+        qb, nb = query[..., i0:i1, :], i1 - i0
+        m = query.new_full((*batch, nb), float("-inf"), dtype=acc)
+        l = query.new_zeros((*batch, nb), dtype=acc)  # noqa: E741
+        o = query.new_zeros((*batch, nb, dv), dtype=acc)
+        best = m.clone()
+        arg = torch.full((*batch, nb), -1, dtype=torch.long, device=query.device)
+        for j0, j1 in _blocks(key.shape[-2]):
+            s = _scores(score, check, qb, key[..., j0:j1, :], valid[..., i0:i1, j0:j1]).to(acc)
+            bm = s.amax(-1)
+            if hard:  # strictly greater: an earlier chunk keeps a tie (first index, as torch.argmax)
+                up = bm > best
+                best, arg = torch.where(up, bm, best), torch.where(up, s.argmax(-1) + j0, arg)
+            mn = torch.maximum(m, bm)
+            shift = torch.where(torch.isneginf(mn), 0.0, mn)
+            alpha = torch.exp(m - shift)
+            p = torch.exp(s - shift.unsqueeze(-1))
+            l = l * alpha + p.sum(-1)  # noqa: E741
+            o = o * alpha.unsqueeze(-1) + p @ value[..., j0:j1, :].to(acc)
+            m = mn
+        empty = l == 0  # no valid key (a NaN score makes l NaN: the row is NaN)
+        lses.append(torch.where(empty, float("-inf"), m + torch.log(l)))
+        outs.append(torch.where(empty.unsqueeze(-1), 0.0, o / l.unsqueeze(-1)))
+        args.append(torch.where(empty, -1, arg))
+    return torch.cat(outs, -2), torch.cat(lses, -1), torch.cat(args, -1)
+
+
+class _Blockwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, score, check, hard, query, key, value, valid, *params):
+        with torch.no_grad():
+            soft_out, lse, argmax = _forward(score, check, hard, query, key, value, valid)
+        ctx.score, ctx.check, ctx.hard, ctx.n_params = score, check, hard, len(params)
+        ctx.save_for_backward(query, key, value, valid, soft_out, lse, argmax, *params)
+        if hard:
+            picked = value.gather(-2, argmax.clamp_min(0).unsqueeze(-1).expand(*argmax.shape, value.shape[-1]))
+            out = torch.where((argmax >= 0).unsqueeze(-1), picked, 0.0)
+            return torch.where(soft_out.isnan(), soft_out, out.to(soft_out.dtype)).to(value.dtype)
+        return soft_out.to(value.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: an error, never a silently missing second-order term
+            raise NotImplementedError("attnzoo: second derivatives through the blockwise backend are not "
+                                      "implemented; use backend='reference' for double backward")
+        query, key, value, valid, soft_out, lse, argmax, *params = ctx.saved_tensors
+        acc = lse.dtype
+        g = grad_out.to(acc)
+        delta = (g * soft_out).sum(-1)  # D_i = dO_i . o_i, o the softmax output (straight-through for hard)
+        lse_safe = torch.where(torch.isneginf(lse), 0.0, lse)
+        dq, dk = torch.zeros_like(query, dtype=acc), torch.zeros_like(key, dtype=acc)
+        dv = torch.zeros_like(value, dtype=acc)
+        dparams = [torch.zeros_like(p) for p in params]
+        for i0, i1 in _blocks(query.shape[-2]):
+            gb = g[..., i0:i1, :]
+            for j0, j1 in _blocks(key.shape[-2]):
+                qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
+                kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
+                with torch.enable_grad():
+                    s = _scores(ctx.score, ctx.check, qb, kb, valid[..., i0:i1, j0:j1])
+                sd = s.detach().to(acc)
+                p = torch.exp(sd - lse_safe[..., i0:i1].unsqueeze(-1))  # 0 at masked keys; NaN rows stay NaN
+                vc = value[..., j0:j1, :].to(acc)
+                if ctx.hard:
+                    am = argmax[..., i0:i1]
+                    hit = (am.unsqueeze(-1) == torch.arange(j0, j1, device=am.device)).to(acc)
+                    dv[..., j0:j1, :] += hit.transpose(-1, -2) @ gb
+                else:
+                    dv[..., j0:j1, :] += p.transpose(-1, -2) @ gb
+                ds = p * (gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1))
+                inputs = [x for x in (qb, kb, *params) if x.requires_grad]
+                if not inputs or not s.requires_grad:
+                    continue
+                grads = iter(torch.autograd.grad(s, inputs, ds.to(s.dtype), allow_unused=True))
+                for idx, x in enumerate((qb, kb, *params)):
+                    if not x.requires_grad:
+                        continue
+                    gx = next(grads)
+                    if gx is None:
+                        continue
+                    if idx == 0:
+                        dq[..., i0:i1, :] += gx
+                    elif idx == 1:
+                        dk[..., j0:j1, :] += gx
+                    else:
+                        dparams[idx - 2] += gx
+        return (None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, *dparams)
+
+
+def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, valid: Tensor) -> Tensor:
+    """Pool the score's weights over ``valid`` keys blockwise (``pooling``: soft or hard); returns out.
+
+    ``check(scores, query_block, key_block)`` validates what the score returns for each pair."""
+    params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
+    return _Blockwise.apply(score, check, pooling == "hard", query, key, value, valid, *params)
