@@ -45,8 +45,8 @@ def _data(offset, spread, D, seed):
 def test_float32_matches_direct_distances(width, offset, D, kernel, backend, request):
     if (width, offset, D, kernel, backend) == (100.0, 0.0, 3, "gaussian", "fused"):
         # dw here is a sum whose terms cancel 123-fold (sum_j ds_ij = 0 per row): the fused float32 dw is
-        # off by 2.1e-3 relative (the reference backend's by < 1e-3); outputs and the other gradients pass
-        request.applymarker(pytest.mark.xfail(strict=True, reason="fused float32 dw 2.1e-3 off on a 123-fold "
+        # off by 1.8e-3 relative (the reference backend's by < 1e-3); outputs and the other gradients pass
+        request.applymarker(pytest.mark.xfail(strict=True, reason="fused float32 dw 1.8e-3 off on a 123-fold "
                                                                   "cancelling sum (w = 100, D = 3)"))
     spread = 1.0 if kernel == "gaussian" else 50.0 / width  # compact kernels: some keys inside the support
     q, k, v = _data(offset * spread, spread, D, seed=int(width) + D)
@@ -69,4 +69,4 @@ def test_float32_matches_direct_distances(width, offset, D, kernel, backend, req
     for name, got, ref in (("q", q32.grad, q64.grad), ("k", k32.grad, k64.grad), ("v", v32.grad, v64.grad),
                            ("w", attn.score.w.grad, width64.grad)):
         scale = float(ref.abs().max())
-        torch.testing.assert_close(got.double(), ref, atol=1e-3 * scale, rtol=1e-3, msg=f"d{name}")
+        torch.testing.assert_close(got.double(), ref, atol=1e-3 * scale, rtol=0, msg=f"d{name}")

@@ -302,6 +302,7 @@ def test_fully_masked_rows_have_no_nan(family, pooling):
 @pytest.mark.parametrize("D, Dv", [(1, 1), (2, 3), (4, 8), (8, 1), (5, 6)])
 def test_small_head_dims(D, Dv, dtype, pooling, masks):
     check_against_reference("bilinear", dtype, pooling, B=2, Nq=37, Nk=151, masks=masks, D=D, Dv=Dv)
+    check_against_reference("gaussian", dtype, pooling, B=2, Nq=37, Nk=151, masks=masks, D=D, Dv=Dv)
 
 
 @pytest.mark.parametrize("pooling", [SOFT, HARD, AVERAGE])
@@ -311,11 +312,13 @@ def test_small_head_dims_sizes(pooling, B, Nq, Nk):
         masks = "all" if Nk > 8 else "valid_lens"
         check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks=masks, D=1, Dv=2)
         check_against_reference("bilinear", dtype, pooling, B, Nq, Nk, masks="none", key_bias=False, D=3, Dv=1)
+        check_against_reference("gaussian", dtype, pooling, B, Nq, Nk, masks=masks, D=1, Dv=2)
 
 
 def test_small_head_dims_bfloat16():
     for pooling in (SOFT, HARD, AVERAGE):
-        check_against_reference("bilinear", torch.bfloat16, pooling, 2, 37, 80, masks="all", D=2, Dv=1)
+        for family in ("bilinear", "gaussian"):
+            check_against_reference(family, torch.bfloat16, pooling, 2, 37, 80, masks="all", D=2, Dv=1)
 
 
 def test_nadaraya_watson_float32_accuracy():

@@ -7,7 +7,7 @@
 #include "common/validate.h"
 #include "cpu/bilinear_scorer.h"
 #include "cpu/ops_cpu.h"
-#include "cpu/bilinear_small_d.h"
+#include "cpu/small_d.h"
 
 namespace attnzoo::cpu {
 
@@ -21,26 +21,8 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
   const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
-    if (small_d_supported<scalar_t>(D, Dv, Nk, pooling)) {
-      // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
-      const int64_t W = Vectorized<scalar_t>::size(), DP = small_d_pad(D), DVP = small_d_pad(Dv);
-      const auto kT = transposed_keys(ka, DP, 0, W), vT = transposed_keys(va, DVP, 0, W);
-      const int64_t Nkp = kT.size(2);
-      auto kbT = at::zeros({B, Nkp}, qa.options());
-      if (kba) kbT.narrow(1, 0, Nk).copy_(*kba);
-      const SmallDArgs<scalar_t> args{mp,
-                                      qa.const_data_ptr<scalar_t>(),
-                                      kT.const_data_ptr<scalar_t>(),
-                                      vT.const_data_ptr<scalar_t>(),
-                                      kbT.const_data_ptr<scalar_t>(),
-                                      D,
-                                      Dv,
-                                      Nkp,
-                                      static_cast<scalar_t>(scale),
-                                      fwd_out<scalar_t>(outs)};
-      small_d_forward<scalar_t>(args, DP, DVP);
-      return;
-    }
+    if (small_d_supported<scalar_t>(D, Dv, Nk, pooling))
+      return small_d_run<scalar_t>(mp, qa, ka, va, kba, scale, at::Tensor(), outs);
     // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
     // (padded by the widest vector, AVX-512's, which uniform_scores may read past the last key)
     constexpr int64_t kPad = 64 / sizeof(scalar_t);

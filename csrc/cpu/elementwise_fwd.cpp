@@ -9,6 +9,7 @@
 #include "common/validate.h"
 #include "cpu/elementwise_impl.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/small_d.h"
 
 namespace attnzoo::cpu {
 
@@ -22,6 +23,9 @@ Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tens
   const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
   const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_fwd", [&] {
+    // Squared distances of small dims (Nadaraya-Watson): one register sweep per row (small_d.h)
+    if (term == kSqDiff && profile == kIdentity && small_d_supported<scalar_t>(a.size(2), Dv, Nk, pooling))
+      return small_d_run<scalar_t>(mp, aa, ba, va, std::nullopt, 1.0, wa, outs);
     const ElementwiseFwdArgs<scalar_t> p{elementwise_inputs<scalar_t>(mp, term, profile, aa, ba, wa, va),
                                          fwd_out<scalar_t>(outs)};
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)

@@ -18,7 +18,7 @@
 //   void weights(r, s, a, e, ld)        masked scores -> the forward's weights (0 outside [a, e))
 //   void dweights(r, p, d, nk, ld)      d = dP = dO . v_j on entry, dS on exit (score_grad only)
 //   void finish_dv(b, i0, nq, dO, dv)   dv terms that do not come from the weights (hard: one-hot)
-// Forward, small-D lane driver (bilinear_small_d.h), the state of one row in registers:
+// Forward, small-D lane driver (small_d.h), the state of one row in registers:
 //   Lanes: init(); V weigh(s, jv, rescale) (W keys' scores and indices -> their weights, calling
 //   rescale(alpha) when the shift moves); finish(out, i, acc, value) (acc: the row's P.V sums).
 //
@@ -252,7 +252,7 @@ struct AverageBwd {
 
 // --- small-D lane driver --------------------------------------------------------------------------
 
-// Online softmax with a lazily raised shift (see bilinear_small_d.h).
+// Online softmax with a lazily raised shift (see small_d.h).
 template <typename T>
 struct SoftLanes {
   using V = Vectorized<T>;

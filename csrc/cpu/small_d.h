@@ -1,4 +1,5 @@
-// Forward of the bilinear scores for small head dims (D <= 8, Dv <= 8), all poolings and masks.
+// Forward for small head dims (D <= 8, Dv <= 8), all poolings and masks: the bilinear scores, and
+// the elementwise family's squared distances (term (a - b)^2, identity profile).
 //
 // With D and Dv tiny (e.g. Nadaraya-Watson: D = Dv = 1) the work is all per score, so the
 // general driver's passes over each score block (GEMM, bias, mask, max, exp, GEMM) cost more
@@ -6,6 +7,7 @@
 // single sweep over the keys, vectorised over keys (keys and values transposed to (D, Nk) so a
 // vector holds consecutive keys), R queries per sweep sharing the loaded keys:
 //   s = key_bias_j + sum_d (scale q_d) k_jd         (average pooling: s = 0)
+//   or, with distance weights wd, s = sum_d wd_d (q_d - k_jd)^2 (the difference first: exact-distance)
 //   masked / out-of-range lanes: s = -inf
 //   online softmax with a lazily raised shift: m is raised to the vector's max only when a lane
 //   exceeds m + kSlack (rare after the first keys), rescaling the accumulators; otherwise
@@ -21,6 +23,7 @@
 #include <type_traits>
 
 #include "common/params.h"
+#include "cpu/bilinear_scorer.h"
 #include "cpu/parallel.h"
 #include "cpu/pooling.h"
 #include "cpu/vec_math.h"
@@ -52,11 +55,12 @@ struct SmallDArgs {
   int64_t Dq, Dv, Nkp;
   T scale;
   FwdOut<T> out;
+  const T* wd = nullptr;  // (Dq,): distance weights (then no key_bias, scale 1), or nullptr: bilinear
 };
 
 // Rows i0 .. i0+nr-1 (nr <= R) of batch b with the pooling's lane policy Lanes (pooling.h).
 // Rows past nr repeat the last one (not written).
-template <typename T, int R, int DP, int DVP, typename Lanes>
+template <typename T, int R, int DP, int DVP, bool DIST, typename Lanes>
 void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
@@ -83,7 +87,7 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
     flo = std::max(flo, lo[r]);
     fhi = std::min(fhi, hi[r]);
     const T* qi = a.q + (b * Nq + i) * a.Dq;
-    for (int d = 0; d < DP; ++d) sq[r][d] = V(d < a.Dq ? a.scale * qi[d] : T(0));
+    for (int d = 0; d < DP; ++d) sq[r][d] = V(d < a.Dq ? (DIST ? qi[d] : a.scale * qi[d]) : T(0));
     for (int d = 0; d < DVP; ++d) acc[r][d] = V(T(0));
     pool[r].init();
   }
@@ -94,6 +98,8 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   const T* kT = a.kT + b * DP * Nkp;
   const T* vT = a.vT + b * DVP * Nkp;
   const T* kb = a.kb + b * Nkp;
+  V wv[DP];  // distance weights (0 on the padding)
+  for (int d = 0; d < DP; ++d) wv[d] = V(DIST && d < a.Dq ? a.wd[d] : T(0));
 
   // One vector of keys [j, j + W) for all rows; CHECKED: apply ranges and the mask.
   const auto step = [&](int64_t j, auto checked) {
@@ -111,6 +117,12 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
       V s = bias;
       if constexpr (!scores) {
         s = V(T(0));
+      } else if constexpr (DIST) {
+#pragma GCC unroll 8
+        for (int d = 0; d < DP; ++d) {
+          const V diff = sq[r][d] - kd[d];
+          s = at::vec::fmadd(wv[d], diff * diff, s);
+        }
       } else {
 #pragma GCC unroll 8
         for (int d = 0; d < DP; ++d) s = at::vec::fmadd(sq[r][d], kd[d], s);
@@ -151,7 +163,7 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   }
 }
 
-template <typename T, int R, int DP, int DVP>
+template <typename T, int R, int DP, int DVP, bool DIST>
 void small_d_forward_impl(const SmallDArgs<T>& a) {
   const MaskParams& mp = a.mp;
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk;
@@ -163,7 +175,7 @@ void small_d_forward_impl(const SmallDArgs<T>& a) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / nqb, i0 = balanced(t % nqb, nqb) * kRowsPerTask;
         const int64_t i1 = std::min(Nq, i0 + kRowsPerTask);
-        for (int64_t i = i0; i < i1; i += R) small_d_rows<T, R, DP, DVP, Lanes>(a, b, i, std::min<int64_t>(R, i1 - i));
+        for (int64_t i = i0; i < i1; i += R) small_d_rows<T, R, DP, DVP, DIST, Lanes>(a, b, i, std::min<int64_t>(R, i1 - i));
       }
     });
   });
@@ -175,8 +187,9 @@ inline int64_t small_d_pad(int64_t d) { return d <= 1 ? 1 : d <= 4 ? 4 : 8; }
 template <typename T>
 void small_d_forward(const SmallDArgs<T>& a, int64_t DP, int64_t DVP) {
   constexpr int R = ATTNZOO_SMALL_D_ROWS;
-#define ATTNZOO_SMALL_D_CASE(dp, dvp) \
-  if (DP == dp && DVP == dvp) return small_d_forward_impl<T, R, dp, dvp>(a);
+#define ATTNZOO_SMALL_D_CASE(dp, dvp)                                                 \
+  if (DP == dp && DVP == dvp)                                                          \
+    return a.wd ? small_d_forward_impl<T, R, dp, dvp, true>(a) : small_d_forward_impl<T, R, dp, dvp, false>(a);
   ATTNZOO_SMALL_D_CASE(1, 1)
   ATTNZOO_SMALL_D_CASE(1, 4)
   ATTNZOO_SMALL_D_CASE(1, 8)
@@ -188,6 +201,24 @@ void small_d_forward(const SmallDArgs<T>& a, int64_t DP, int64_t DVP) {
   ATTNZOO_SMALL_D_CASE(8, 8)
 #undef ATTNZOO_SMALL_D_CASE
   TORCH_CHECK(false, "attnzoo: no small-D kernel for padded dims ", DP, ", ", DVP);
+}
+
+// The small-D forward on contiguous accumulation-dtype q (B, Nq, D), k (B, Nk, D), v (B, Nk, Dv):
+// key_bias and scale (bilinear), or distance weights wd (D,) (then key_bias must be nullopt).
+template <typename T>
+void small_d_run(const MaskParams& mp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const OptTensor& key_bias, double scale, const at::Tensor& wd, const Tensor4& outs) {
+  const int64_t B = q.size(0), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
+  // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
+  const int64_t W = Vectorized<T>::size(), DP = small_d_pad(D), DVP = small_d_pad(Dv);
+  const auto kT = transposed_keys(k, DP, 0, W), vT = transposed_keys(v, DVP, 0, W);
+  const int64_t Nkp = kT.size(2);
+  auto kbT = at::zeros({B, Nkp}, q.options());
+  if (key_bias) kbT.narrow(1, 0, Nk).copy_(*key_bias);
+  SmallDArgs<T> args{mp, q.const_data_ptr<T>(), kT.const_data_ptr<T>(), vT.const_data_ptr<T>(),
+                     kbT.const_data_ptr<T>(), D, Dv, Nkp, static_cast<T>(scale), fwd_out<T>(outs)};
+  if (wd.defined()) args.wd = wd.const_data_ptr<T>();
+  small_d_forward<T>(args, DP, DVP);
 }
 
 }  // namespace attnzoo::cpu
