@@ -8,31 +8,60 @@ import torch
 from torch import Tensor, nn
 
 import attnzoo
+from attnzoo.positions import check_position, rope
 from attnzoo.scoring import Bilinear, Elementwise, Score, check_size
 
 
-class Dot(Score):
-    """Dot product: ``s = q . k`` (Luong); query and key need the same dim."""
+class _DotProduct(Score):
+    """Shared by the dot-product scores: ``position="rope"`` rotates query and key first
+    (:func:`attnzoo.positions.rope`, base ``rope_base``)."""
 
     same_dim = True
 
+    def __init__(self, position: str | None = None, rope_base: float = 10000.0):
+        super().__init__()
+        check_position(position, rope_base)
+        self.position, self.rope_base = position, rope_base
+
+    def _rotated(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+        if self.position is None:
+            return query, key
+        return rope(query, self.rope_base), rope(key, self.rope_base)
+
+    def extra_repr(self) -> str:
+        return "" if self.position is None else f"position={self.position!r}, rope_base={self.rope_base}"
+
+
+class Dot(_DotProduct):
+    """Dot product: ``s = q . k`` (Luong); query and key need the same dim."""
+
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        query, key = self._rotated(query, key)
         return query @ key.transpose(-1, -2)
 
     def fused(self, query, key):
-        return Bilinear(query, key)
+        return Bilinear(*self._rotated(query, key))
 
 
-class ScaledDot(Score):
-    """Scaled dot product: ``s = q . k / sqrt(d)`` (Vaswani et al.), d = query dim."""
+class ScaledDot(_DotProduct):
+    """Scaled dot product: ``s = scale * q . k``, ``scale = 1 / sqrt(d)`` by default (Vaswani et al.; SDPA's
+    ``scale``), d = query dim."""
 
-    same_dim = True
+    def __init__(self, scale: float | None = None, position: str | None = None, rope_base: float = 10000.0):
+        super().__init__(position, rope_base)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise ValueError(f"scale: expected a number > 0 or None, got {scale!r}")
+        self.scale = scale
+
+    def _scale(self, query: Tensor) -> float:
+        return 1.0 / math.sqrt(query.shape[-1]) if self.scale is None else float(self.scale)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        return query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+        rq, rk = self._rotated(query, key)
+        return rq @ rk.transpose(-1, -2) * self._scale(query)
 
     def fused(self, query, key):
-        return Bilinear(query, key, scale=1.0 / math.sqrt(query.shape[-1]))
+        return Bilinear(*self._rotated(query, key), scale=self._scale(query))
 
 
 class General(Score):
