@@ -31,7 +31,7 @@ def rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
         raise ValueError(f"position='rope': needs an even feature dim, got {d} (shape {tuple(x.shape)})")
     inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)  # (d/2,)
     pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
-    ang = torch.outer(pos, inv).repeat(1, 2)  # (N, d): [theta, theta]
+    ang = torch.outer(pos, inv)  # (N, d/2): the angles of both halves
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
-    return x * cos + torch.cat((-x2, x1), -1) * sin
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)

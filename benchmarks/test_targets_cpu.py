@@ -377,6 +377,17 @@ def test_blockwise_memory_4096():
     assert extra < 512 * 2**20, f"blockwise N=4096: peak RSS delta {extra / 2**20:.0f} MiB >= 512 MiB"
 
 
+# --- rotary positions: scaled_dot with position="rope" against plain, fused, (1, 8, 2048, 64) -----------
+@pytest.mark.parametrize("position", [None, "rope"])
+def test_rope_overhead(benchmark, position):
+    import attnzoo
+
+    benchmark.group = "scaled_dot module, (1, 8, 2048, 64)"
+    q, k, v = qkv(2048)
+    attn = attnzoo.create("scaled_dot", position=position, backend="fused")
+    run(benchmark, f"sdp_module_{position or 'plain'}_2048", lambda: attn(q, k, v), rounds=5)
+
+
 # --- targets --------------------------------------------------------------------------------------
 # (name, numerator, denominator, bound): numerator / denominator <= bound
 TARGETS = [
@@ -389,6 +400,7 @@ TARGETS = [
     ("hard fused / eager N=4096", "hard_fused_4096", "hard_eager_4096", 1 / 3),
     ("laplace fused / reference N=1024", "laplace_fused_1024", "laplace_reference_1024", 1 / 20),
     ("forward-only blockwise / reference N=1024", "fwdonly_blockwise_1024", "fwdonly_reference_1024", 2.0),
+    ("rope / plain scaled_dot module N=2048", "sdp_module_rope_2048", "sdp_module_plain_2048", 1.15),
 ]
 
 
