@@ -190,16 +190,15 @@ def test_additive_forward_forced_isa(request, isa):
 
 _MEMORY_SCRIPT = textwrap.dedent(
     """
-    import resource, time, torch, attnzoo.ops as ops
+    import resource, sys, time, torch
+    sys.path.insert(0, {bench!r})
     torch.set_num_threads({threads})
-    B, N, D, H = 8, {N}, 64, 64
-    a, b, v = torch.randn(B, N, H), torch.randn(B, N, H), torch.randn(B, N, D)
-    w = torch.randn(H)
-    ops.additive_attention(a[:, :64], b[:, :64], w, v[:, :64])  # warm up allocator and threads
+    {setup}
+    warmup()  # allocator and threads
     with open("/proc/self/statm") as f:  # current RSS (the high-water mark may predate the inputs)
         before = int(f.read().split()[1]) * resource.getpagesize() // 1024
     t = time.perf_counter()
-    ops.additive_attention(a, b, w, v)
+    call()
     t = time.perf_counter() - t
     # Peak RSS of this process image: VmHWM (ru_maxrss would also count the forking pytest
     # process's RSS, which Linux carries into the child's maximum across fork + exec).
@@ -210,13 +209,27 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+def peak_rss_delta(setup: str) -> tuple[float, float]:
+    """(peak RSS growth in bytes, seconds) of ``call()`` in a fresh process; ``setup`` (one line, may use
+    this module's helpers) defines ``warmup`` and ``call``."""
+    script = _MEMORY_SCRIPT.format(bench=os.path.dirname(os.path.abspath(__file__)), threads=THREADS, setup=setup)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra, seconds = map(float, res.stdout.split())
+    return extra, seconds
+
+
+def additive_call(N):
+    """(warmup, call) of the additive op, batch 8, hidden = D = 64, N keys and queries."""
+    a, b, v, w = torch.randn(8, N, 64), torch.randn(8, N, 64), torch.randn(8, N, 64), torch.randn(64)
+    return (lambda: ops.additive_attention(a[:, :64], b[:, :64], w, v[:, :64]),
+            lambda: ops.additive_attention(a, b, w, v))
+
+
 @pytest.mark.slow
 def test_additive_memory_8192(request):
     """N = 8192 runs with < 1 GiB extra memory (peak RSS delta of a fresh process). The memory is
     asserted in every run; the time is recorded only when benchmarks are timed."""
-    script = _MEMORY_SCRIPT.format(threads=THREADS, N=8192)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    extra, seconds = map(float, res.stdout.split())
+    extra, seconds = peak_rss_delta("from test_targets_cpu import additive_call; warmup, call = additive_call(8192)")
     print(f"\nadditive N=8192: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
     assert extra < 2**30, f"additive N=8192: peak RSS delta {extra / 2**20:.0f} MiB >= 1024 MiB"
     if timing_enabled(request.config):
@@ -292,34 +305,18 @@ def test_laplace(benchmark, impl):
     run(benchmark, f"laplace_{impl}_1024", lambda: attn(q, k, v), rounds=2 if impl == "reference" else 5)
 
 
-_LAPLACE_MEMORY = textwrap.dedent(
-    """
-    import resource, sys, time, torch
-    sys.path.insert(0, {bench!r})
-    from test_targets_cpu import laplace
-    torch.set_num_threads({threads})
+def laplace_call(N):
+    """(warmup, call) of the Laplace plugin fused, batch 2, D 64."""
     attn = laplace("fused")
-    q, k, v = (torch.randn(2, 8192, 64) for _ in range(3))
-    attn(q[:, :64], k[:, :64], v[:, :64])  # warm up
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * resource.getpagesize() // 1024
-    t = time.perf_counter()
-    attn(q, k, v)
-    t = time.perf_counter() - t
-    with open("/proc/self/status") as f:
-        after = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    print((after - before) * 1024, t)
-    """
-)
+    q, k, v = (torch.randn(2, N, 64) for _ in range(3))
+    return lambda: attn(q[:, :64], k[:, :64], v[:, :64]), lambda: attn(q, k, v)
 
 
 @pytest.mark.slow
 def test_laplace_memory_8192():
     """The Laplace plugin at N = 8192 (batch 2, D 64) runs fused with < 256 MiB extra peak RSS (the
     reference would need 2 x 8192^2 x 64 x 4 B = 32 GiB for its broadcast)."""
-    script = _LAPLACE_MEMORY.format(bench=os.path.dirname(os.path.abspath(__file__)), threads=THREADS)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    extra, seconds = map(float, res.stdout.split())
+    extra, seconds = peak_rss_delta("from test_targets_cpu import laplace_call; warmup, call = laplace_call(8192)")
     print(f"\nlaplace N=8192: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
     assert extra < 256 * 2**20, f"laplace N=8192: peak RSS delta {extra / 2**20:.0f} MiB >= 256 MiB"
 
@@ -343,36 +340,22 @@ def test_forward_only_score(benchmark, impl):
     run(benchmark, f"fwdonly_{impl}_1024", lambda: attn(q, k, v), rounds=3)
 
 
-_BLOCKWISE_MEMORY = textwrap.dedent(
-    """
-    import resource, sys, time, torch
-    sys.path.insert(0, {bench!r})
-    from test_targets_cpu import BroadcastL2
+def forward_only_call(N):
+    """(warmup, call) of the forward-only score on auto (blockwise at this size), batch 2, D 32."""
     from attnzoo.variants import PooledAttention
-    torch.set_num_threads({threads})
-    attn = PooledAttention(BroadcastL2(), "soft")  # auto: blockwise at this size
-    q, k, v = (torch.randn(2, 4096, 32) for _ in range(3))
+
+    attn = PooledAttention(BroadcastL2(), "soft")
+    q, k, v = (torch.randn(2, N, 32) for _ in range(3))
     assert attn.explain(q, k, v).startswith("blockwise"), attn.explain(q, k, v)
-    attn(q[:, :64], k[:, :64], v[:, :64])
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * resource.getpagesize() // 1024
-    t = time.perf_counter()
-    attn(q, k, v)
-    t = time.perf_counter() - t
-    with open("/proc/self/status") as f:
-        after = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    print((after - before) * 1024, t)
-    """
-)
+    return lambda: attn(q[:, :64], k[:, :64], v[:, :64]), lambda: attn(q, k, v)
 
 
 @pytest.mark.slow
 def test_blockwise_memory_4096():
     """A forward-only score at N = 4096 (batch 2, D 32) runs on auto (blockwise) with < 512 MiB extra
     peak RSS; the reference's broadcast alone would be 2 x 4096^2 x 32 x 4 B = 4 GiB."""
-    script = _BLOCKWISE_MEMORY.format(bench=os.path.dirname(os.path.abspath(__file__)), threads=THREADS)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    extra, seconds = map(float, res.stdout.split())
+    extra, seconds = peak_rss_delta("from test_targets_cpu import forward_only_call; "
+                                    "warmup, call = forward_only_call(4096)")
     print(f"\nblockwise forward-only N=4096: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
     assert extra < 512 * 2**20, f"blockwise N=4096: peak RSS delta {extra / 2**20:.0f} MiB >= 512 MiB"
 
