@@ -15,24 +15,18 @@ pybind11::list dtype_names(const attnzoo::Dtypes& dtypes) {
   return names;
 }
 
+pybind11::dict code_dict(int64_t n, const char* (*name)(int64_t)) {
+  pybind11::dict d;
+  for (int64_t c = 0; c < n; ++c) d[name(c)] = c;
+  return d;
+}
+
 pybind11::dict build_info() {
   pybind11::dict info;
-  // The pooling codes (name -> code) of the kernels' enum (common/params.h).
-  pybind11::dict poolings;
-#define ATTNZOO_POOLING_ENTRY(e, code, name) poolings[name] = static_cast<int64_t>(attnzoo::e);
-  ATTNZOO_POOLINGS(ATTNZOO_POOLING_ENTRY)
-#undef ATTNZOO_POOLING_ENTRY
-  info["poolings"] = poolings;
-  // The elementwise family's term and profile codes (params.h).
-  pybind11::dict terms, profiles;
-#define ATTNZOO_TERM_ENTRY(e, code, name) terms[name] = static_cast<int64_t>(attnzoo::e);
-  ATTNZOO_TERMS(ATTNZOO_TERM_ENTRY)
-#undef ATTNZOO_TERM_ENTRY
-#define ATTNZOO_PROFILE_ENTRY(e, code, name) profiles[name] = static_cast<int64_t>(attnzoo::e);
-  ATTNZOO_PROFILES(ATTNZOO_PROFILE_ENTRY)
-#undef ATTNZOO_PROFILE_ENTRY
-  info["terms"] = terms;
-  info["profiles"] = profiles;
+  // The code lists of the kernels' enums (common/params.h), name -> code.
+  info["poolings"] = code_dict(attnzoo::kNumPoolings, attnzoo::pooling_name);
+  info["terms"] = code_dict(attnzoo::kNumTerms, attnzoo::term_name);
+  info["profiles"] = code_dict(attnzoo::kNumProfiles, attnzoo::profile_name);
   // Device -> the dtypes its kernels are compiled for (common/dtypes.h), as torch names them.
   pybind11::dict dtypes;
   dtypes["cpu"] = dtype_names(attnzoo::kCpuDtypes);

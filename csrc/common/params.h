@@ -16,6 +16,17 @@
 
 namespace attnzoo {
 
+// Code lists (the poolings, the elementwise terms and profiles): X(enumerator, code, name)
+// entries, in code order 0 .. n - 1. The per-entry macros below make each list's enum, count,
+// names and dispatch; ATTNZOO_CODE_NAME and ATTNZOO_CODE_CASE expect the code in `c` (and the
+// callable in `f`) of the enclosing function.
+#define ATTNZOO_CODE_ENUMERATOR(e, code, name) e = code,
+#define ATTNZOO_CODE_ONE(e, code, name) +1
+#define ATTNZOO_CODE_NAME(e, code, name) \
+  if (c == code) return name;
+#define ATTNZOO_CODE_CASE(e, code, name) \
+  if (c == code) return std::forward<F>(f)(std::integral_constant<int64_t, e>{});
+
 // The poolings: (enumerator, code, name), in code order. One list for the enum, the validation
 // (validate.h), the dispatch (pooling.h) and build_info()["poolings"]; attnzoo/ops/schemas.py
 // POOLINGS mirrors it (tests/test_build_info.py keeps them equal).
@@ -24,23 +35,15 @@ namespace attnzoo {
   X(kHard, 1, "hard")       \
   X(kAverage, 2, "average")
 
-#define ATTNZOO_POOLING_ENUMERATOR(e, code, name) e = code,
-enum Pooling : int64_t { ATTNZOO_POOLINGS(ATTNZOO_POOLING_ENUMERATOR) };
-#undef ATTNZOO_POOLING_ENUMERATOR
-
-#define ATTNZOO_POOLING_ONE(e, code, name) +1
-constexpr int64_t kNumPoolings = 0 ATTNZOO_POOLINGS(ATTNZOO_POOLING_ONE);
-#undef ATTNZOO_POOLING_ONE
+enum Pooling : int64_t { ATTNZOO_POOLINGS(ATTNZOO_CODE_ENUMERATOR) };
+constexpr int64_t kNumPoolings = 0 ATTNZOO_POOLINGS(ATTNZOO_CODE_ONE);
 
 // The codes are 0 .. kNumPoolings - 1.
 ATTNZOO_HD bool valid_pooling(int64_t p) { return p >= 0 && p < kNumPoolings; }
 
 // "soft", "hard", ... ("?" for an invalid code).
-inline const char* pooling_name(int64_t p) {
-#define ATTNZOO_POOLING_NAME(e, code, name) \
-  if (p == code) return name;
-  ATTNZOO_POOLINGS(ATTNZOO_POOLING_NAME)
-#undef ATTNZOO_POOLING_NAME
+inline const char* pooling_name(int64_t c) {
+  ATTNZOO_POOLINGS(ATTNZOO_CODE_NAME)
   return "?";
 }
 
@@ -58,23 +61,25 @@ inline const char* pooling_name(int64_t p) {
   X(kBoxcar, 1, "boxcar")     \
   X(kEpanechnikov, 2, "epanechnikov")
 
-#define ATTNZOO_CODE_ENUMERATOR(e, code, name) e = code,
 enum Term : int64_t { ATTNZOO_TERMS(ATTNZOO_CODE_ENUMERATOR) };
 enum Profile : int64_t { ATTNZOO_PROFILES(ATTNZOO_CODE_ENUMERATOR) };
-#undef ATTNZOO_CODE_ENUMERATOR
-#define ATTNZOO_CODE_ONE(e, code, name) +1
 constexpr int64_t kNumTerms = 0 ATTNZOO_TERMS(ATTNZOO_CODE_ONE);
 constexpr int64_t kNumProfiles = 0 ATTNZOO_PROFILES(ATTNZOO_CODE_ONE);
-#undef ATTNZOO_CODE_ONE
 
-// f(std::integral_constant<int64_t, TERM>{}) for the term code (validated): the kernels
+inline const char* term_name(int64_t c) {
+  ATTNZOO_TERMS(ATTNZOO_CODE_NAME)
+  return "?";
+}
+inline const char* profile_name(int64_t c) {
+  ATTNZOO_PROFILES(ATTNZOO_CODE_NAME)
+  return "?";
+}
+
+// f(std::integral_constant<int64_t, TERM>{}) for the term code c (validated): the kernels
 // instantiate their term inside f (host code).
 template <class F>
-decltype(auto) dispatch_term(int64_t term, F&& f) {
-#define ATTNZOO_TERM_CASE(e, code, name) \
-  if (term == code) return std::forward<F>(f)(std::integral_constant<int64_t, e>{});
-  ATTNZOO_TERMS(ATTNZOO_TERM_CASE)
-#undef ATTNZOO_TERM_CASE
+decltype(auto) dispatch_term(int64_t c, F&& f) {
+  ATTNZOO_TERMS(ATTNZOO_CODE_CASE)
   return std::forward<F>(f)(std::integral_constant<int64_t, kTanh>{});  // unreachable after validation
 }
 

@@ -76,14 +76,11 @@ constexpr PoolingTraits pooling_traits(int64_t p) {
   return PoolingTraits{};
 }
 
-// f(std::integral_constant<int64_t, P>{}) for the pooling code p (validated): the drivers
+// f(std::integral_constant<int64_t, P>{}) for the pooling code c (validated): the drivers
 // instantiate their policy for P inside f.
 template <class F>
-decltype(auto) dispatch_pooling(int64_t p, F&& f) {
-#define ATTNZOO_POOLING_CASE(e, code, name) \
-  if (p == code) return std::forward<F>(f)(std::integral_constant<int64_t, e>{});
-  ATTNZOO_POOLINGS(ATTNZOO_POOLING_CASE)
-#undef ATTNZOO_POOLING_CASE
+decltype(auto) dispatch_pooling(int64_t c, F&& f) {
+  ATTNZOO_POOLINGS(ATTNZOO_CODE_CASE)
   return std::forward<F>(f)(std::integral_constant<int64_t, kSoft>{});  // unreachable after validation
 }
 

@@ -41,13 +41,13 @@ inline void check_float_dtype(const char* op, const char* arg, const at::Tensor&
   TORCH_CHECK(dtypes.has(t.scalar_type()), op, ": ", arg, " must be ", dtypes.names(), ", got ", t.scalar_type());
 }
 
-// "0 (soft), 1 (hard) or 2 (average)", from the pooling list (params.h).
-inline std::string pooling_choices() {
+// "0 (soft), 1 (hard) or 2 (average)": the n codes of a code list (params.h) and their names.
+inline std::string code_choices(int64_t n, const char* (*name)(int64_t)) {
   std::ostringstream o;
-  for (int64_t p = 0; p < kNumPoolings; ++p)
-    o << (p == 0 ? "" : p + 1 == kNumPoolings ? " or " : ", ") << p << " (" << pooling_name(p) << ")";
+  for (int64_t c = 0; c < n; ++c) o << (c == 0 ? "" : c + 1 == n ? " or " : ", ") << c << " (" << name(c) << ")";
   return o.str();
 }
+inline std::string pooling_choices() { return code_choices(kNumPoolings, pooling_name); }
 
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
                              const at::Tensor& ref) {
@@ -116,30 +116,15 @@ inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Te
   check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, pooling, window);
 }
 
-// "0 (tanh), 1 (abs_diff) or 2 (sq_diff)" for a code list (params.h ATTNZOO_TERMS / _PROFILES).
-#define ATTNZOO_CODE_CHOICE(e, code, name) \
-  o << (code == 0 ? "" : code + 1 == n ? " or " : ", ") << code << " (" << name << ")";
-inline std::string term_choices() {
-  std::ostringstream o;
-  const int64_t n = kNumTerms;
-  ATTNZOO_TERMS(ATTNZOO_CODE_CHOICE)
-  return o.str();
-}
-inline std::string profile_choices() {
-  std::ostringstream o;
-  const int64_t n = kNumProfiles;
-  ATTNZOO_PROFILES(ATTNZOO_CODE_CHOICE)
-  return o.str();
-}
-#undef ATTNZOO_CODE_CHOICE
 
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv); term and profile codes.
 inline void check_elementwise_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
                                   const at::Tensor& v, int64_t term, int64_t profile, const OptTensor& valid_lens,
                                   const OptTensor& mask, int64_t pooling, int64_t window, const Dtypes& dtypes) {
-  TORCH_CHECK(term >= 0 && term < kNumTerms, op, ": term must be ", term_choices(), ", got ", term);
-  TORCH_CHECK(profile >= 0 && profile < kNumProfiles, op, ": profile must be ", profile_choices(), ", got ",
-              profile);
+  TORCH_CHECK(term >= 0 && term < kNumTerms, op, ": term must be ", code_choices(kNumTerms, term_name), ", got ",
+              term);
+  TORCH_CHECK(profile >= 0 && profile < kNumProfiles, op, ": profile must be ",
+              code_choices(kNumProfiles, profile_name), ", got ", profile);
   check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", dtypes);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   check_rank(op, "w", w, 1, "(H,)");
