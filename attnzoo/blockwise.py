@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .ops.reference import acc_dtype
+
 BLOCK = 256  # queries per block and keys per chunk
 # backend="auto" runs a score without a fused form blockwise once a broadcast score's intermediate,
 # batch x Nq x Nk x max(Dq, Dk) elements, would exceed this many bytes
@@ -24,10 +26,6 @@ def reference_bytes(query: Tensor, key: Tensor) -> int:
     """What a broadcast score's ``(..., Nq, Nk, D)`` intermediate would take on the reference backend."""
     batch = query.shape[:-2].numel()
     return batch * query.shape[-2] * key.shape[-2] * max(query.shape[-1], key.shape[-1]) * query.element_size()
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _blocks(n: int):
@@ -41,7 +39,7 @@ def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor) -> Tensor:
 
 
 def _forward(score, check, hard: bool, query, key, value, valid):
-    acc = _acc(query.dtype)
+    acc = acc_dtype(query.dtype)
     batch, nq, dv = query.shape[:-2], query.shape[-2], value.shape[-1]
     outs, lses, args = [], [], []
     for i0, i1 in _blocks(nq):
@@ -114,22 +112,15 @@ class _Blockwise(torch.autograd.Function):
                 else:
                     dv[..., j0:j1, :] += p.transpose(-1, -2) @ gb
                 ds = p * (gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1))
-                inputs = [x for x in (qb, kb, *params) if x.requires_grad]
-                if not inputs or not s.requires_grad:
+                # each input that needs a gradient, with where its gradient accumulates (views, params)
+                pairs = ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :]), *zip(params, dparams, strict=True))
+                targets = [(x, d) for x, d in pairs if x.requires_grad]
+                if not targets or not s.requires_grad:
                     continue
-                grads = iter(torch.autograd.grad(s, inputs, ds.to(s.dtype), allow_unused=True))
-                for idx, x in enumerate((qb, kb, *params)):
-                    if not x.requires_grad:
-                        continue
-                    gx = next(grads)
-                    if gx is None:
-                        continue
-                    if idx == 0:
-                        dq[..., i0:i1, :] += gx
-                    elif idx == 1:
-                        dk[..., j0:j1, :] += gx
-                    else:
-                        dparams[idx - 2] += gx
+                grads = torch.autograd.grad(s, [x for x, _ in targets], ds.to(s.dtype), allow_unused=True)
+                for (_, d), gx in zip(targets, grads, strict=True):
+                    if gx is not None:
+                        d += gx
         return (None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, *dparams)
 
 

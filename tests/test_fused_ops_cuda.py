@@ -39,9 +39,15 @@ TOL = {  # (atol, rtol) forward; backward uses 5x
     torch.bfloat16: (2e-2, 2e-2),
 }
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
-# The elementwise family's members under test: (term, profile) codes; the w of each (scale of |w|)
-ELEMENTWISE = {"additive": ((0, 0), None), "l1": ((1, 0), -0.3), "gaussian": ((2, 0), -0.3),
-               "boxcar": ((2, 1), 0.05), "epanechnikov": ((2, 2), 0.05)}
+# The elementwise family's members under test: (term, profile), and the scale of |w| (None: w as drawn)
+ELEMENTWISE = {"additive": (("tanh", "identity"), None), "l1": (("abs_diff", "identity"), -0.3),
+               "gaussian": (("sq_diff", "identity"), -0.3), "boxcar": (("sq_diff", "boxcar"), 0.05),
+               "epanechnikov": (("sq_diff", "epanechnikov"), 0.05)}
+
+
+def _codes(family):
+    term, profile = ELEMENTWISE[family][0]
+    return ref.TERMS[term], ref.PROFILES[profile]
 FAMILIES = ["bilinear", *ELEMENTWISE]
 
 
@@ -49,7 +55,7 @@ def _ops(family):
     """(fwd, reference fwd, bwd, reference bwd) of a family; elementwise ones with its codes inserted."""
     if family == "bilinear":
         return torch.ops.attnzoo.bilinear_fwd, ref.bilinear_fwd, torch.ops.attnzoo.bilinear_bwd, ref.bilinear_bwd
-    c = ELEMENTWISE[family][0]
+    c = _codes(family)
 
     def with_codes(op, n):
         return lambda *x: op(*x[:n], *c, *x[n:])
@@ -314,11 +320,9 @@ def test_gradcheck_elementwise(family, pooling):
     (term, profile), scale = ELEMENTWISE[family]
     if scale is not None:
         w = (w.detach().abs() * scale).requires_grad_()
-    names = {0: "tanh", 1: "abs_diff", 2: "sq_diff"}, {0: "identity", 1: "boxcar", 2: "epanechnikov"}
 
     def f(a, b, w, v):
-        out, lse, _ = ops.elementwise_attention(a, b, w, v, term=names[0][term], profile=names[1][profile],
-                                                pooling=pooling, causal=True)
+        out, lse, _ = ops.elementwise_attention(a, b, w, v, term=term, profile=profile, pooling=pooling, causal=True)
         return out, lse[lse.isfinite()]
 
     assert torch.autograd.gradcheck(f, (a, b, w, v), eps=1e-6, atol=1e-6)
@@ -336,7 +340,7 @@ def _opcheck_args(family, pooling, requires_grad):
     margs = (vl, mask, pooling, True, 4)
     if family == "bilinear":
         return (r(B, Nq, D), r(B, Nk, D), r(B, Nk, Dv), r(B, Nk), 0.5, *margs)
-    return (r(B, Nq, D), r(B, Nk, D), r(D), r(B, Nk, Dv), *ELEMENTWISE[family][0], *margs)
+    return (r(B, Nq, D), r(B, Nk, D), r(D), r(B, Nk, Dv), *_codes(family), *margs)
 
 
 @pytest.mark.parametrize("pooling", [0, 1, 2])

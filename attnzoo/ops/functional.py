@@ -9,11 +9,16 @@ from ..validation import check_window
 from .schemas import POOLINGS, PROFILES, TERMS
 
 
+def _code(arg: str, name: str, codes: dict) -> int:
+    """The schema code of ``name`` in a code list (POOLINGS, TERMS, PROFILES), else a ValueError naming ``arg``."""
+    if name not in codes:
+        raise ValueError(f"{arg}: got {name!r}, expected one of {sorted(codes)}")
+    return codes[name]
+
+
 def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling: got {pooling!r}, expected one of {sorted(POOLINGS)}")
     check_window(window)
-    return valid_lens, mask, POOLINGS[pooling], bool(causal), -1 if window is None else int(window)
+    return valid_lens, mask, _code("pooling", pooling, POOLINGS), bool(causal), -1 if window is None else int(window)
 
 
 def bilinear_attention(
@@ -30,12 +35,6 @@ def bilinear_attention(
         q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, causal, window)
     )
     return out, lse, argmax
-
-
-def _code(arg: str, name: str, codes: dict) -> int:
-    if name not in codes:
-        raise ValueError(f"{arg}: got {name!r}, expected one of {sorted(codes)}")
-    return codes[name]
 
 
 def elementwise_attention(
