@@ -120,7 +120,9 @@ def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Te
     """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form."""
     nb = len(spec.batch)
     valid_lens, mask = spec.flat()
-    kw = dict(valid_lens=valid_lens, mask=mask, pooling=pooling, causal=spec.causal, window=spec.window)
+    bias, alibi = spec.flat_positions()
+    kw = dict(valid_lens=valid_lens, mask=mask, bias=bias, alibi=alibi, pooling=pooling, causal=spec.causal,
+              window=spec.window)
     v = _flat(value, nb)
     if isinstance(form, Bilinear):
         kb = None if form.key_bias is None else _flat(form.key_bias, nb)
@@ -145,7 +147,7 @@ def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:
         s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
     else:
         s = reference.elementwise_scores(form.a, form.b, form.w, TERMS[form.term], PROFILES[form.profile])[2]
-    p = masked_softmax(s, valid).to(query.dtype)
+    p = masked_softmax(spec.add_positions(s), valid).to(query.dtype)
     if pooling != "hard":
         return p
     onehot = reference.onehot_at(argmax.reshape(*spec.batch, spec.nq), p)

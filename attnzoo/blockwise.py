@@ -32,13 +32,15 @@ def _blocks(n: int):
     return [(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
 
 
-def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor) -> Tensor:
+def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor, spec, i0: int, j0: int) -> Tensor:
     s = score(q, k)
     check(s, q, k)
+    if spec is not None and spec.has_positions:  # (queries i0 .., keys j0 ..)
+        s = spec.add_positions(s, i0, j0)
     return s.masked_fill(~valid, float("-inf"))
 
 
-def _forward(score, check, hard: bool, query, key, value, valid):
+def _forward(score, check, hard: bool, query, key, value, valid, spec):
     acc = acc_dtype(query.dtype)
     batch, nq, dv = query.shape[:-2], query.shape[-2], value.shape[-1]
     outs, lses, args = [], [], []
@@ -50,7 +52,7 @@ def _forward(score, check, hard: bool, query, key, value, valid):
         best = m.clone()
         arg = torch.full((*batch, nb), -1, dtype=torch.long, device=query.device)
         for j0, j1 in _blocks(key.shape[-2]):
-            s = _scores(score, check, qb, key[..., j0:j1, :], valid[..., i0:i1, j0:j1]).to(acc)
+            s = _scores(score, check, qb, key[..., j0:j1, :], valid[..., i0:i1, j0:j1], spec, i0, j0).to(acc)
             bm = s.amax(-1)
             if hard:  # strictly greater: an earlier chunk keeps a tie (first index, as torch.argmax)
                 up = bm > best
@@ -71,10 +73,10 @@ def _forward(score, check, hard: bool, query, key, value, valid):
 
 class _Blockwise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, score, check, hard, query, key, value, valid, *params):
+    def forward(ctx, score, check, hard, spec, query, key, value, valid, *params):
         with torch.no_grad():
-            soft_out, lse, argmax = _forward(score, check, hard, query, key, value, valid)
-        ctx.score, ctx.check, ctx.hard, ctx.n_params = score, check, hard, len(params)
+            soft_out, lse, argmax = _forward(score, check, hard, query, key, value, valid, spec)
+        ctx.score, ctx.check, ctx.hard, ctx.spec, ctx.n_params = score, check, hard, spec, len(params)
         ctx.save_for_backward(query, key, value, valid, soft_out, lse, argmax, *params)
         if hard:
             picked = value.gather(-2, argmax.clamp_min(0).unsqueeze(-1).expand(*argmax.shape, value.shape[-1]))
@@ -101,7 +103,7 @@ class _Blockwise(torch.autograd.Function):
                 qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
                 kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
                 with torch.enable_grad():
-                    s = _scores(ctx.score, ctx.check, qb, kb, valid[..., i0:i1, j0:j1])
+                    s = _scores(ctx.score, ctx.check, qb, kb, valid[..., i0:i1, j0:j1], ctx.spec, i0, j0)
                 sd = s.detach().to(acc)
                 p = torch.exp(sd - lse_safe[..., i0:i1].unsqueeze(-1))  # 0 at masked keys; NaN rows stay NaN
                 vc = value[..., j0:j1, :].to(acc)
@@ -121,12 +123,16 @@ class _Blockwise(torch.autograd.Function):
                 for (_, d), gx in zip(targets, grads, strict=True):
                     if gx is not None:
                         d += gx
-        return (None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, *dparams)
+        return (None, None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, *dparams)
 
 
-def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, valid: Tensor) -> Tensor:
+def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, valid: Tensor,
+           spec=None) -> Tensor:
     """Pool the score's weights over ``valid`` keys blockwise (``pooling``: soft or hard); returns out.
 
-    ``check(scores, query_block, key_block)`` validates what the score returns for each pair."""
+    ``check(scores, query_block, key_block)`` validates what the score returns for each pair; ``spec``
+    (a :class:`~attnzoo.masks.MaskSpec`) adds its positional terms (bias, ALiBi) to each block's scores."""
     params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
-    return _Blockwise.apply(score, check, pooling == "hard", query, key, value, valid, *params)
+    if spec is not None and spec.bias is not None and spec.bias.requires_grad:
+        params = (*params, spec.bias)  # its gradient: through each block's slice of it, like a parameter's
+    return _Blockwise.apply(score, check, pooling == "hard", spec, query, key, value, valid, *params)

@@ -11,12 +11,15 @@ from .validation import check_qkv, mask_spec
 class Attention(nn.Module):
     """Base class of every attnzoo variant.
 
-    ``out = attn(query, key, value, mask=None, *, valid_lens=None)`` with
+    ``out = attn(query, key, value, mask=None, *, valid_lens=None, bias=None)`` with
     query ``(..., Nq, Dq)``, key ``(..., Nk, Dk)``, value ``(..., Nk, Dv)`` returns
     ``(..., Nq, Dv)`` (:meth:`output_dim` says when it differs).
     ``return_weights=True`` also returns the weights ``(..., Nq, Nk)``
     (multi-head: ``(..., H, Nq, Nk)``). Masks: see :mod:`attnzoo.masks`; a query
-    with no valid key gets a zero output, zero weights and zero gradients.
+    with no valid key gets a zero output, zero weights and zero gradients. ``bias``: a float
+    tensor broadcastable to ``(..., Nq, Nk)`` (multi-head: ``(..., H, Nq, Nk)``) added to the scores
+    (SDPA's float ``attn_mask``; ``-inf`` masks a key), differentiable; variants that read no scores
+    reject it (:attr:`takes_bias`).
 
     Subclasses implement :meth:`attend`, which receives validated inputs and a
     :class:`~attnzoo.masks.MaskSpec`; values at keys no query may attend are already zeroed.
@@ -25,10 +28,19 @@ class Attention(nn.Module):
     #: what the conformance suite may expect of this instance (see :mod:`attnzoo.testing`)
     capabilities: frozenset = frozenset()
 
+    #: whether ``bias=`` reaches the scores (variants that implement it set this)
+    takes_bias: bool = False
+
+    #: the dims a ``bias`` has between the batch and ``(Nq, Nk)``: ``(H,)`` for multi-head variants
+    bias_heads: tuple[int, ...] = ()
+
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
-                valid_lens: Tensor | None = None, return_weights: bool = False):
+                valid_lens: Tensor | None = None, bias: Tensor | None = None, return_weights: bool = False):
         check_qkv(query, key, value)
-        spec = mask_spec(query, key, mask, valid_lens)
+        if bias is not None and not self.takes_bias:
+            raise ValueError(f"bias: {type(self).__name__} ({self.extra_repr() or 'this variant'}) reads no scores "
+                             "a bias could shift; call it without bias=")
+        spec = mask_spec(query, key, mask, valid_lens, bias, self.bias_heads)
         used = spec.keys_in_use()
         if used is not None:  # padding may hold garbage (NaN, inf): 0 * NaN would leak into outputs and gradients
             value = value.masked_fill(~used.unsqueeze(-1), 0.0)
@@ -49,10 +61,10 @@ class Attention(nn.Module):
         return value_dim
 
     def explain(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
-                valid_lens: Tensor | None = None) -> str:
+                valid_lens: Tensor | None = None, bias: Tensor | None = None) -> str:
         """Which backend a call with these inputs would use, and why (the inputs are validated as in a call)."""
         check_qkv(query, key, value)
-        mask_spec(query, key, mask, valid_lens)
+        mask_spec(query, key, mask, valid_lens, bias, self.bias_heads)
         return self.backend_for(query, key, value)
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:

@@ -9,6 +9,9 @@ Key ``j`` takes part for query ``i`` iff all of these hold:
 
 Positions are indices: query ``i`` sits at key position ``i``, also when ``Nq != Nk``
 (the top-left alignment of ``torch.nn.functional.scaled_dot_product_attention``).
+
+The spec also carries the positional terms added to every score before pooling:
+``s_ij = (s_ij + bias[..., i, j]) - m |i - j|`` (a float ``bias`` of the call; ALiBi slopes ``m``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class MaskSpec:
     mask: Tensor | None = None
     causal: bool = False
     window: int | None = None
+    bias: Tensor | None = None  # float, broadcastable to batch + (Nq, Nk)
+    alibi: Tensor | None = None  # float ALiBi slopes, broadcastable to batch
 
     @property
     def is_empty(self) -> bool:
@@ -42,6 +47,42 @@ class MaskSpec:
     def with_structure(self, causal: bool = False, window: int | None = None) -> MaskSpec:
         """Add a variant's own causality / window to the user's masks."""
         return replace(self, causal=self.causal or causal, window=window if window is not None else self.window)
+
+    def with_alibi(self, slopes: Tensor | None) -> MaskSpec:
+        """Add a variant's ALiBi slopes (broadcastable to ``batch``)."""
+        return self if slopes is None else replace(self, alibi=slopes)
+
+    @property
+    def has_positions(self) -> bool:
+        return self.bias is not None or self.alibi is not None
+
+    def add_positions(self, scores: Tensor, i0: int = 0, j0: int = 0) -> Tensor:
+        """``(s + bias) - m |i - j|`` for the scores ``(..., bq, bk)`` of queries ``i0 ..`` and keys ``j0 ..``
+        (the kernels' order of operations), in the scores' dtype."""
+        bq, bk = scores.shape[-2], scores.shape[-1]
+        if self.bias is not None:
+            b = self.bias
+            if b.dim() >= 2 and b.shape[-2] > 1:
+                b = b[..., i0:i0 + bq, :]
+            if b.dim() >= 1 and b.shape[-1] > 1:
+                b = b[..., j0:j0 + bk]
+            scores = scores + b.to(scores.dtype)
+        if self.alibi is not None:
+            i = torch.arange(i0, i0 + bq, device=scores.device).view(bq, 1)
+            j = torch.arange(j0, j0 + bk, device=scores.device).view(1, bk)
+            dist = (i - j).abs().to(scores.dtype)
+            scores = scores - self.alibi.to(scores.dtype)[..., None, None] * dist
+        return scores
+
+    def flat_positions(self) -> tuple[Tensor | None, Tensor | None]:
+        """Kernel arguments for the batch flattened to ``B``: the bias as ``(B1, B2, Nq', Nk')`` with ``B1 B2 = B``
+        and each dim its size or 1 (broadcast, so that the kernels sum its gradient; only when the batch
+        dims do not group into two is the bias expanded over them), and the slopes as ``(B,)``."""
+        bias = None if self.bias is None else _bias_4d(self.bias, self.batch)
+        alibi = None
+        if self.alibi is not None:
+            alibi = self.alibi.expand(self.batch).reshape(-1).contiguous()
+        return bias, alibi
 
     def dense(self, device: torch.device | str | None = None) -> Tensor:
         """Bool ``batch + (Nq, Nk)``: which (query, key) pairs take part (an expanded view)."""
@@ -94,3 +135,27 @@ class MaskSpec:
         if self.mask is not None:
             m = self.mask.expand(*self.batch, self.nq, self.nk).reshape(B, self.nq, self.nk)
         return vl, m
+
+
+def _bias_4d(bias: Tensor, batch: tuple[int, ...]) -> Tensor:
+    """``bias`` (broadcastable to ``batch + (Nq, Nk)``) as ``(B1, B2, q, k)``: runs of batch dims that the bias
+    broadcasts over (size 1) or spans become one dim each; more than two runs expand the bias over the batch."""
+    n = len(batch)
+    b = bias.reshape((1,) * (n + 2 - bias.dim()) + tuple(bias.shape))
+    q, k = b.shape[-2], b.shape[-1]
+    runs: list[list[int]] = []  # [kind, size]: kind 1 = spanned, 0 = broadcast
+    for d, size in enumerate(batch):
+        if size == 1:
+            continue
+        kind = int(b.shape[d] != 1)
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] *= size
+        else:
+            runs.append([kind, size])
+    if len(runs) > 2:
+        B = 1
+        for size in batch:
+            B *= size
+        return b.expand(*batch, q, k).reshape(B, 1, q, k)
+    runs = [[0, 1]] * (2 - len(runs)) + runs
+    return b.reshape(*(size if kind else 1 for kind, size in runs), q, k)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .interface import Attention
 from .masks import MaskSpec
+from .positions import alibi_slopes
 from .registry import accepted_options, build_score
 from .variants import PooledAttention
 
@@ -22,11 +23,14 @@ class MultiHeadAttention(Attention):
     query ``(..., Nq, embed_dim)``, key ``(..., Nk, kdim)``, value ``(..., Nk, vdim)`` ->
     ``(..., Nq, embed_dim)``; weights ``(..., H, Nq, Nk)``. Score options such as
     ``hidden_dim`` pass through; ``query_dim``/``key_dim`` default to the head dim.
+    ``position="alibi"``: ALiBi with the slopes ``2^(-8h/H)`` of head ``h = 1..H``; ``position="rope"``
+    goes to the score. ``bias=`` of a call broadcasts to ``(..., H, Nq, Nk)``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, score: str = "scaled_dot", pooling: str = "soft",
                  kdim: int | None = None, vdim: int | None = None, bias: bool = True, causal: bool = False,
-                 window: int | None = None, backend: str = "auto", **score_options):
+                 window: int | None = None, backend: str = "auto", position: str | None = None,
+                 **score_options):
         super().__init__()
         from . import registry_instance
 
@@ -38,6 +42,8 @@ class MultiHeadAttention(Attention):
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        if position is not None and position != "alibi":
+            score_options["position"] = position
         info = registry_instance().score(score)
         names, _ = accepted_options(info.cls)
         for dim in ("query_dim", "key_dim"):
@@ -48,7 +54,9 @@ class MultiHeadAttention(Attention):
         self.W_v = nn.Linear(self.vdim, embed_dim, bias=bias)
         self.W_o = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.inner = PooledAttention(build_score(info, score_options, caller=MultiHeadAttention), pooling,
-                                     causal=causal, window=window, backend=backend)
+                                     causal=causal, window=window, backend=backend,
+                                     alibi=alibi_slopes(num_heads) if position == "alibi" else None)
+        self.takes_bias, self.bias_heads = self.inner.takes_bias, (num_heads,)
 
     @property
     def capabilities(self) -> frozenset:

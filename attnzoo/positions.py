@@ -1,4 +1,4 @@
-"""Positional terms applied to the inputs of a score.
+"""Positional terms: rotary embedding of a score's inputs, and ALiBi's linear bias of the scores.
 
 Rotary embedding (Su et al.; the half-split "rotate_half" convention of GPT-NeoX / Llama): for
 ``x (..., N, d)`` at positions ``p = offset + 0 .. N-1`` and ``theta_j = base^(-2j / d)``, ``j < d/2``,
@@ -6,6 +6,11 @@ Rotary embedding (Su et al.; the half-split "rotate_half" convention of GPT-NeoX
 (``x_1, x_2`` the two halves, the angles repeated over both). ``rope(q_i) . rope(k_j)`` depends on
 ``i - j`` only. Query ``i`` and key ``j`` sit at positions ``i`` and ``j`` (the indices causal and
 window masks use).
+
+ALiBi (Press et al.): ``s_ij -= m |i - j|`` inside the kernels (:class:`attnzoo.variants.PooledAttention`'s
+``alibi``); multi-head attention uses the slopes ``m_h = 2^(-8h / H)``, ``h = 1 .. H`` (the paper's
+geometric sequence; for ``H`` not a power of two its reference code interleaves two such sequences
+instead), a single head ``alibi_slope`` (default ``2^-8``, the formula's ``H = 1``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-POSITIONS = (None, "rope")
+POSITIONS = (None, "rope", "alibi")
+DEFAULT_ALIBI_SLOPE = 2.0**-8
 
 
-def check_position(position, rope_base) -> None:
-    if position not in POSITIONS:
-        raise ValueError(f"position: got {position!r}, expected one of {POSITIONS}")
+def alibi_slopes(num_heads: int) -> list[float]:
+    """``m_h = 2^(-8h / H)`` for ``h = 1 .. H``."""
+    return [2.0 ** (-8.0 * h / num_heads) for h in range(1, num_heads + 1)]
+
+
+def alibi_slopes_tensor(alibi) -> Tensor:
+    """ALiBi slopes (a number, or a sequence of one per head) as a float64 tensor; finite numbers only."""
+    t = torch.as_tensor(alibi, dtype=torch.float64)
+    if t.dim() > 1 or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"alibi_slope: expected a finite number (or one per head), got {alibi!r}")
+    return t
+
+
+def check_alibi_slope(position, alibi_slope) -> None:
+    """``alibi_slope`` is an option of ``position="alibi"`` only, and a finite number."""
+    if alibi_slope is None:
+        return
+    if position != "alibi":
+        raise ValueError(f"alibi_slope: only with position='alibi', got position={position!r}")
+    if isinstance(alibi_slope, bool) or not isinstance(alibi_slope, (int, float)) or alibi_slope != alibi_slope \
+            or abs(alibi_slope) == float("inf"):
+        raise ValueError(f"alibi_slope: expected a finite number, got {alibi_slope!r}")
+
+
+def check_position(position, rope_base, allowed: tuple = (None, "rope")) -> None:
+    """``position`` one of ``allowed`` (a score's: rotary only; ALiBi belongs to the pooling) and ``rope_base``."""
+    if position not in allowed:
+        raise ValueError(f"position: got {position!r}, expected one of {allowed}")
     if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or not rope_base > 1:
         raise ValueError(f"rope_base: expected a number > 1, got {rope_base!r}")
 

@@ -66,10 +66,31 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         )
 
 
-def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpec:
-    """Validate ``mask`` and ``valid_lens`` against the inputs and normalise them."""
+def check_bias(bias, query: Tensor, full: tuple[int, ...]) -> None:
+    """``bias``: a dense float tensor in the query's dtype and device, broadcastable to ``full``."""
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        got = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(f"bias: expected a float tensor (added to the scores; a bool mask goes in mask=), got {got}")
+    _check_dense("bias", bias)
+    if bias.dtype != query.dtype:
+        raise TypeError(f"bias: dtype {bias.dtype} differs from query's {query.dtype}; pass it in the inputs' dtype")
+    if bias.device != query.device:
+        raise ValueError(f"bias: on device {bias.device}, query on {query.device}")
+    try:
+        if torch.broadcast_shapes(bias.shape, full) != torch.Size(full):
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"bias: shape {_shape(bias)} does not broadcast to {full}") from None
+
+
+def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None, bias=None,
+              heads: tuple[int, ...] = ()) -> MaskSpec:
+    """Validate ``mask``, ``valid_lens`` and ``bias`` against the inputs and normalise them; ``bias``
+    broadcasts to ``batch + heads + (Nq, Nk)`` (``heads``: ``(H,)`` for multi-head variants)."""
     batch, nq, nk = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
     full = (*batch, nq, nk)
+    if bias is not None:
+        check_bias(bias, query, (*batch, *heads, nq, nk))
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
@@ -105,4 +126,4 @@ def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None) -> MaskSpe
         elif valid_lens.numel() and valid_lens.device.type == "cpu" and int(valid_lens.min()) < 0:
             raise ValueError(f"valid_lens: lengths must be >= 0, got minimum {int(valid_lens.min())}")
         valid_lens = valid_lens.to(torch.int64)
-    return MaskSpec(batch, nq, nk, valid_lens=valid_lens, mask=mask)
+    return MaskSpec(batch, nq, nk, valid_lens=valid_lens, mask=mask, bias=bias)

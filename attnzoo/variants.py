@@ -12,6 +12,7 @@ from . import backends, blockwise
 from .interface import Attention
 from .masks import MaskSpec
 from .pooling import POOLINGS, pool
+from .positions import alibi_slopes_tensor
 from .validation import check_window
 
 
@@ -47,22 +48,28 @@ class PooledAttention(Attention):
     """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average``), optionally causal or windowed.
 
     ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``.
-    ``backend``: ``"auto"`` (fused when compiled for the inputs), ``"fused"`` or ``"reference"``.
+    ``alibi``: ALiBi slopes ``m`` (a number, or one per head for multi-head inputs ``(..., H, N, D)``):
+    ``s_ij -= m |i - j|`` (:mod:`attnzoo.positions`). ``backend``: ``"auto"``, ``"fused"``, ``"reference"``
+    or ``"blockwise"`` (:mod:`attnzoo.backends`).
     """
 
     def __init__(self, score: nn.Module | None, pooling: str = "soft", *, causal: bool = False,
-                 window: int | None = None, backend: str = "auto"):
+                 window: int | None = None, backend: str = "auto", alibi=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
         check_window(window)
         if score is None and pooling != "average":
             raise ValueError(f"score: pooling {pooling!r} needs a score, got None")
+        if alibi is not None and pooling == "average":
+            raise ValueError("position: 'alibi' shifts scores, and average pooling reads none")
         self.score = score
         self.pooling = pooling
         self.causal = bool(causal)
         self.window = window
         self.backend = backends.check_backend(backend)
+        self.takes_bias = pooling != "average"
+        self.register_buffer("alibi_slopes", None if alibi is None else alibi_slopes_tensor(alibi), persistent=False)
 
     @property
     def capabilities(self) -> frozenset:
@@ -70,7 +77,7 @@ class PooledAttention(Attention):
         caps = {self.pooling} | set(getattr(self.score, "capabilities", ()))
         if "compact_support" not in caps:  # bfloat16 rounding moves points across a kernel's support edge
             caps.add("bfloat16")
-        if self.causal or self.window is not None:
+        if self.causal or self.window is not None or self.alibi_slopes is not None:
             caps.add("positional")
         if self.window is not None:
             caps.add("window")
@@ -82,16 +89,20 @@ class PooledAttention(Attention):
             parts.append("causal=True")
         if self.window is not None:
             parts.append(f"window={self.window}")
+        if self.alibi_slopes is not None:
+            parts.append(f"alibi={self.alibi_slopes.tolist()}")
         return ", ".join(parts)
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
                return_weights: bool) -> tuple[Tensor, Tensor | None]:
-        spec = spec.with_structure(self.causal, self.window)
+        spec = spec.with_structure(self.causal, self.window).with_alibi(
+            None if self.alibi_slopes is None else self.alibi_slopes.to(query.device))
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
-            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + _zero_attached(query, key, value)
-            weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + _zero_attached(query, key, value)
+            inputs = (query, key, value) + (() if spec.bias is None else (spec.bias,))
+            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + _zero_attached(*inputs)
+            weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + _zero_attached(*inputs)
             return out, (weights if return_weights else None)
         backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
@@ -103,11 +114,12 @@ class PooledAttention(Attention):
                 _check_scores(self.score, s, q, MaskSpec(spec.batch, q.shape[-2], k.shape[-2]))
 
             return blockwise.attend(self.score, check, self.pooling, query, key, value,
-                                    spec.dense(query.device)), None
+                                    spec.dense(query.device), spec), None
         else:
             scores = None if self.pooling == "average" else self.score(query, key)
             if scores is not None:
                 _check_scores(self.score, scores, query, spec)
+                scores = spec.add_positions(scores)
             weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
             out = weights @ value
         if nonfinite:

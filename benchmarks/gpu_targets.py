@@ -134,7 +134,7 @@ def bench_scaled_dot(args, rates):
     BH, N, d = args.heads, args.n, 64
     q, k, v = (torch.randn(BH, N, d, device=DEV, dtype=torch.float16) for _ in range(3))
     scale = 1 / math.sqrt(d)
-    fused = lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 0, False, -1)  # noqa: E731
+    fused = lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 0, False, -1)  # noqa: E731
     q4, k4, v4 = (x.view(16, BH // 16, N, d) for x in (q, k, v))
     sdpa = lambda: F.scaled_dot_product_attention(q4, k4, v4, scale=scale)  # noqa: E731
     t_ours, t_sdpa = timeit(fused, iters=args.iters), timeit(sdpa, iters=args.iters)
@@ -186,20 +186,20 @@ def bench_variants(args, rates, t_scaled):
     q, k, v = (torch.randn(BH, N, d, device=DEV, dtype=torch.float16) for _ in range(3))
     scale = 1 / math.sqrt(d)
     t_ref = timeit(
-        lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 0, False, -1), iters=args.iters
+        lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 0, False, -1), iters=args.iters
     )
     W = torch.randn(d, d, device=DEV, dtype=torch.float16) / math.sqrt(d)
 
     def nadaraya_watson():  # -(x_i - x_j)^2 / 2 = x_i.x_j - |x_j|^2 / 2 (+ a per-query constant)
         kb = (-0.5 * k.float().pow(2).sum(-1)).to(k.dtype)
-        return torch.ops.attnzoo.bilinear_fwd(q, k, v, kb, 1.0, None, None, 0, False, -1)
+        return torch.ops.attnzoo.bilinear_fwd(q, k, v, kb, 1.0, None, None, None, None, 0, False, -1)
 
     def cosine():
         qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        return torch.ops.attnzoo.bilinear_fwd(qn, kn, v, None, 1.0, None, None, 0, False, -1)
+        return torch.ops.attnzoo.bilinear_fwd(qn, kn, v, None, 1.0, None, None, None, None, 0, False, -1)
 
     def general():
-        return torch.ops.attnzoo.bilinear_fwd(q @ W, k, v, None, scale, None, None, 0, False, -1)
+        return torch.ops.attnzoo.bilinear_fwd(q @ W, k, v, None, scale, None, None, None, None, 0, False, -1)
 
     for name, fn in (("nadaraya_watson", nadaraya_watson), ("cosine", cosine), ("general", general)):
         t = timeit(fn, iters=args.iters)
@@ -223,7 +223,7 @@ def bench_additive(args, rates):
     b = torch.randn(B, N, H, device=DEV)  # W_k k
     w = torch.randn(H, device=DEV)
     v = torch.randn(B, N, 64, device=DEV)
-    fused = lambda: torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, None, 0, False, -1)  # noqa: E731
+    fused = lambda: torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, None, None, None, 0, False, -1)  # noqa: E731
 
     def d2l(bb=None):  # d2l.ai AdditiveAttention.forward on projected queries/keys
         aa, bk, vv = (a, b, v) if bb is None else (a[bb : bb + 1], b[bb : bb + 1], v[bb : bb + 1])
@@ -268,7 +268,7 @@ def bench_window(args, rates):
     q, k, v = (torch.randn(16, BH // 16, N, d, device=DEV, dtype=torch.float16) for _ in range(3))
     scale = 1 / math.sqrt(d)
     q3, k3, v3 = (x.view(BH, N, d) for x in (q, k, v))
-    fused = lambda: torch.ops.attnzoo.bilinear_fwd(q3, k3, v3, None, scale, None, None, 0, False, W)  # noqa: E731
+    fused = lambda: torch.ops.attnzoo.bilinear_fwd(q3, k3, v3, None, scale, None, None, None, None, 0, False, W)  # noqa: E731
     t_ours = timeit(fused, iters=args.iters)
     note = ""
     try:

@@ -271,7 +271,7 @@ def test_hard(benchmark, impl):
     benchmark.group = f"hard (1, 8, {N}, 64)"
     q, k, v = (x.view(8, N, 64) for x in qkv(N))
     if impl == "eager":
-        fn = lambda: ref.bilinear_fwd(q, k, v, None, 0.125, None, None, 1, False, -1)
+        fn = lambda: ref.bilinear_fwd(q, k, v, None, 0.125, None, None, None, None, 1, False, -1)
         rounds = 2
     else:
         fn = lambda: ops.bilinear_attention(q, k, v, scale=0.125, pooling="hard")

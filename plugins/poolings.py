@@ -7,6 +7,7 @@ registered score composes with any pooling: ``create("hard", score="cosine")``.
 from __future__ import annotations
 
 import attnzoo
+from attnzoo.positions import DEFAULT_ALIBI_SLOPE, check_alibi_slope
 from attnzoo.registry import build_score
 from attnzoo.variants import PooledAttention
 
@@ -22,12 +23,19 @@ def _score_example(score: str):
 
 def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_window: bool = False):
     def factory(score: str = "scaled_dot", causal: bool = False, window: int | None = default_window,
-                backend: str = "auto", **score_options):
+                backend: str = "auto", position: str | None = None, alibi_slope: float | None = None,
+                **score_options):
         if needs_window and window is None:
             raise ValueError("window: local attention needs window=w (keys with |i - j| <= w), got None")
+        check_alibi_slope(position, alibi_slope)
+        alibi = None
+        if position == "alibi":  # the pooling's; any other position is the score's (rope)
+            alibi = DEFAULT_ALIBI_SLOPE if alibi_slope is None else alibi_slope
+        elif position is not None:
+            score_options["position"] = position
         info = attnzoo.registry_instance().score(score)
         built = build_score(info, score_options, caller=factory)
-        return PooledAttention(built, pooling, causal=causal, window=window, backend=backend)
+        return PooledAttention(built, pooling, causal=causal, window=window, backend=backend, alibi=alibi)
 
     factory.__doc__ = doc
     return factory

@@ -67,10 +67,22 @@ def _heads(x, lin, num_heads):  # (..., N, E) -> (..., H, N, E / H)
     return y.unflatten(-1, (num_heads, -1)).transpose(-2, -3)
 
 
+def _alibi(formula, slopes):
+    """Press et al.'s linear bias: ``s_ij - m |i - j|``, ``m`` per head (a tensor broadcast over the batch)."""
+    def biased(attn, q, k):
+        s = formula(attn, q, k)
+        i = torch.arange(s.shape[-2]).view(-1, 1)
+        j = torch.arange(s.shape[-1]).view(1, -1)
+        return s - torch.as_tensor(slopes, dtype=s.dtype)[..., None, None] * (i - j).abs().to(s.dtype)
+
+    return biased
+
+
 def reference_for(name: str, options: dict):
     """The reference formula of the built-in variant ``create(name, **options)``."""
     if name == "average":
         return lambda attn, q, k: q.new_zeros(*q.shape[:-1], k.shape[-2])  # scores are not used
+    alibi = options.get("position") == "alibi"
     if name == "multihead":
         formula = SCORES[options.get("score", "scaled_dot")]
 
@@ -78,6 +90,10 @@ def reference_for(name: str, options: dict):
             H = attn.num_heads
             return formula(attn.inner.score, _heads(q, attn.W_q, H), _heads(k, attn.W_k, H))
 
+        if alibi:
+            H = options["num_heads"]
+            return _alibi(multihead, [2 ** (-8 * h / H) for h in range(1, H + 1)])
         return multihead
     formula = SCORES[options.get("score", "scaled_dot") if name in POOLINGS else name]
-    return lambda attn, q, k: formula(attn.score, q, k)
+    plain = lambda attn, q, k: formula(attn.score, q, k)  # noqa: E731
+    return _alibi(plain, options.get("alibi_slope", 2**-8)) if alibi else plain

@@ -60,7 +60,7 @@ def test_every_reported_cpu_dtype_runs(name):
     dtype = getattr(torch, name)
     q, k, v = (torch.randn(2, 5, 3).to(dtype) for _ in range(3))
     for pooling in POOLINGS.values():
-        out, lse, _, _ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, pooling, False, -1)
+        out, lse, _, _ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, None, None, pooling, False, -1)
         assert out.dtype == dtype and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
@@ -69,7 +69,7 @@ def test_unreported_cpu_dtypes_are_rejected_by_name():
     q = torch.randn(2, 5, 3, dtype=torch.float16)
     assert "float16" not in dtypes
     with pytest.raises(RuntimeError, match="q must be " + ", ".join(dtypes[:-1]) + " or " + dtypes[-1]):
-        torch.ops.attnzoo.bilinear_fwd(q, q, q, None, 1.0, None, None, 0, False, -1)
+        torch.ops.attnzoo.bilinear_fwd(q, q, q, None, 1.0, None, None, None, None, 0, False, -1)
 
 
 def test_pooling_codes_outside_the_enum_are_rejected_naming_each_pooling():
@@ -78,4 +78,4 @@ def test_pooling_codes_outside_the_enum_are_rejected_naming_each_pooling():
     head, _, last = choices.rpartition(", ")
     for bad in (-1, len(POOLINGS)):
         with pytest.raises(RuntimeError, match=re.escape(f"pooling must be {head} or {last}, got {bad}")):
-            torch.ops.attnzoo.bilinear_fwd(q, q, q, None, 1.0, None, None, bad, False, -1)
+            torch.ops.attnzoo.bilinear_fwd(q, q, q, None, 1.0, None, None, None, None, bad, False, -1)

@@ -25,6 +25,11 @@ EXTRA = [
     ("multihead", {"embed_dim": 8, "num_heads": 2, "kdim": 8, "vdim": 6, "score": "additive", "hidden_dim": 4,
                    "pooling": "hard"}),
     ("multihead", {"embed_dim": 8, "num_heads": 4, "kdim": 8, "vdim": 6, "window": 1}),
+    ("soft", {"position": "alibi", "alibi_slope": 0.7}),
+    ("hard", {"score": "dot", "position": "alibi"}),
+    ("local", {"score": "additive", "query_dim": 8, "key_dim": 8, "hidden_dim": 4, "window": 2,
+               "position": "alibi", "alibi_slope": 0.3}),
+    ("multihead", {"embed_dim": 8, "num_heads": 4, "kdim": 8, "vdim": 6, "position": "alibi"}),
 ]
 SNAPSHOT = Path(__file__).with_name("conformance_checks.json")
 

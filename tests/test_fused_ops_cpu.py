@@ -101,7 +101,7 @@ def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key
     fwd, fwd_ref, bwd, bwd_ref = ops_for(family)
     args = make_inputs(family, dtype, B, Nq, Nk, D=D, Dv=Dv, key_bias=key_bias)
     valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
-    margs = (valid_lens, mask, pooling, causal, window)
+    margs = (valid_lens, mask, None, None, pooling, causal, window)
     got = fwd(*args, *margs)
     # The oracle runs in float64 on the kernel's own (rounded) inputs: the float32 kernels are
     # held to the exact answer, not to eager float32's rounding of it.
@@ -117,9 +117,9 @@ def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
     glse = torch.randn(got[1].shape, generator=g, dtype=torch.float64).to(got[1].dtype) if grad_lse else None
-    grads = bwd(grad_out, glse, *args, *margs, *got)
+    grads = bwd(grad_out, glse, *args, *margs, False, *got)
     # (the oracle's backward reads the kernel's own saved outputs: bfloat16's rounded out enters D_i)
-    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, *_to_float64(got))
+    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, False, *_to_float64(got))
     for x, y in zip(grads, grads_ref, strict=True):
         assert x.shape == y.shape and x.dtype == dtype
         torch.testing.assert_close(x, y.to(x.dtype), **bwd_tol(family, dtype))
@@ -158,7 +158,7 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
     dtype = a.dtype
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid_lens, mask, causal, window = make_masks(masks, B, Nq, Nk)
-    margs = (valid_lens, mask, pooling, causal, window)
+    margs = (valid_lens, mask, None, None, pooling, causal, window)
     args = (a, b, w, v)
     fwd, fwd_ref, bwd, bwd_ref = ops_for("additive")
     got = fwd(*args, *margs)
@@ -171,9 +171,9 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
             torch.testing.assert_close(x.double(), y, **TOL[dtype], msg=name)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
-    grads = bwd(grad_out, None, *args, *margs, *got)
+    grads = bwd(grad_out, None, *args, *margs, False, *got)
     outs = [x.double() if x.is_floating_point() else x for x in got]
-    grads_ref = bwd_ref(grad_out.double(), None, *[x.double() for x in args], *margs, *outs)
+    grads_ref = bwd_ref(grad_out.double(), None, *[x.double() for x in args], *margs, False, *outs)
     for x, y in zip(grads, grads_ref, strict=True):
         assert not x.isnan().any()
         torch.testing.assert_close(x.double(), y, **TOL[dtype])
@@ -246,7 +246,7 @@ def _opcheck_args(family, pooling):
     B, Nq, Nk = 2, 5, 9
     args = make_inputs(family, torch.float32, B, Nq, Nk, D=4, Dv=3)
     valid_lens, mask, causal, window = make_masks("all", B, Nq, Nk)
-    return args, (valid_lens, mask, pooling, causal, window)
+    return args, (valid_lens, mask, None, None, pooling, causal, window)
 
 
 @pytest.mark.parametrize("pooling", [SOFT, HARD])
@@ -264,7 +264,7 @@ def test_opcheck(family, pooling):
     saved = fwd(*args, *margs)
     grad_out = torch.randn_like(saved[0])
     grad_lse = torch.randn_like(saved[1])
-    torch.library.opcheck(bwd, (grad_out, grad_lse, *args, *margs, *saved))
+    torch.library.opcheck(bwd, (grad_out, grad_lse, *args, *margs, False, *saved))
 
 
 @pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
@@ -328,8 +328,8 @@ def test_nadaraya_watson_float32_accuracy():
     x, xk = torch.rand(1, n, 1, generator=g) * 5, torch.rand(1, n, 1, generator=g) * 5
     yk = torch.sin(xk)
     kb = -0.5 * w * w * xk.view(1, n) ** 2
-    got = torch.ops.attnzoo.bilinear_fwd(x, xk, yk, kb, w * w, None, None, SOFT, False, -1)
-    want = ref.bilinear_fwd(x.double(), xk.double(), yk.double(), kb.double(), w * w, None, None, SOFT, False, -1)
+    got = torch.ops.attnzoo.bilinear_fwd(x, xk, yk, kb, w * w, None, None, None, None, SOFT, False, -1)
+    want = ref.bilinear_fwd(x.double(), xk.double(), yk.double(), kb.double(), w * w, None, None, None, None, SOFT, False, -1)
     torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1].double(), want[1], atol=1e-5, rtol=1e-6)
 
@@ -344,7 +344,7 @@ def test_small_head_dims_neg_inf_scores(dtype, pooling):
     kb[1, :] = float("-inf")
     kb[1, 30] = 0.5  # rows of batch 1 with key 30 masked out are empty
     valid_lens = torch.randint(0, Nk + 1, (B, Nq), generator=torch.Generator().manual_seed(5))
-    margs = (valid_lens, None, pooling, False, -1)
+    margs = (valid_lens, None, None, None, pooling, False, -1)
     got = torch.ops.attnzoo.bilinear_fwd(q, k, v, kb, scale, *margs)
     want = ref.bilinear_fwd(q, k, v, kb, scale, *margs)
     for x, y in zip(got, want, strict=True):
@@ -362,7 +362,7 @@ def test_hard_ties_pick_first_key():
     valid_lens = torch.tensor([[11, 1, 4]])
     for dtype in (torch.float32, torch.float64):
         out, _, argmax, _ = torch.ops.attnzoo.bilinear_fwd(
-            q.to(dtype), k.to(dtype), v.to(dtype), None, 1.0, valid_lens, None, HARD, False, -1
+            q.to(dtype), k.to(dtype), v.to(dtype), None, 1.0, valid_lens, None, None, None, HARD, False, -1
         )
         assert argmax.tolist() == [[1, 0, 1]] and out.view(-1).tolist() == [1.0, 0.0, 1.0]
 
@@ -404,7 +404,7 @@ def test_hard_identical_keys_pick_the_first(family, dtype, D, masks):
     for Nk in TIE_NK:
         for Nq in TIE_NQ:
             args = _tie_inputs(family, dtype, 2, Nq, Nk, D, gen)
-            out, _, argmax, _ = fwd(*args, None, None, HARD, causal, window)
+            out, _, argmax, _ = fwd(*args, None, None, None, None, HARD, causal, window)
             want = _first_true(ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0])
             bad = (argmax != want).nonzero()
             assert bad.numel() == 0, (f"Nk={Nk} Nq={Nq}: {len(bad)} rows pick another key, e.g. "
@@ -435,7 +435,7 @@ def test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, D, mask
         args = (x, keys, v, None, 0.125)
     else:
         args = (x, keys, torch.rand(D, generator=gen) + 0.5, v)
-    _, _, argmax, _ = ops_for(family)[0](*args, None, None, HARD, causal, window)
+    _, _, argmax, _ = ops_for(family)[0](*args, None, None, None, None, HARD, causal, window)
     sees = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0] & winner  # (Nq, Nk)
     rows = sees.any(-1)
     assert rows.sum() >= 60
@@ -492,24 +492,24 @@ def test_no_extra_threads():
 def test_error_messages():
     q, k, v, _, scale = make_inputs("bilinear", torch.float32, 2, 3, 7)
     with pytest.raises(RuntimeError, match=r"key_bias must have shape \(B, Nk\) = \(2, 7\), got \(2, 5\)"):
-        torch.ops.attnzoo.bilinear_fwd(q, k, v, torch.zeros(2, 5), scale, None, None, 0, False, -1)
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, torch.zeros(2, 5), scale, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="valid_lens must be int64"):
-        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, torch.zeros(2, 3), None, 0, False, -1)
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, torch.zeros(2, 3), None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="pooling must be"):
-        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 3, False, -1)
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 3, False, -1)
     with pytest.raises(RuntimeError, match="window must be >= -1"):
-        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, 0, False, -2)
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 0, False, -2)
     with pytest.raises(RuntimeError, match="must have the dtype of q"):
-        torch.ops.attnzoo.bilinear_fwd(q, k.double(), v, None, scale, None, None, 0, False, -1)
+        torch.ops.attnzoo.bilinear_fwd(q, k.double(), v, None, scale, None, None, None, None, 0, False, -1)
     a, b, w, v = make_inputs("additive", torch.float32, 2, 3, 7)
     with pytest.raises(RuntimeError, match=r"w must have shape \(H,\)"):
-        torch.ops.attnzoo.elementwise_fwd(a, b, w[:4], v, 0, 0, None, None, 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w[:4], v, 0, 0, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="mask must have shape"):
-        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, torch.ones(2, 3, 6, dtype=torch.bool), 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, torch.ones(2, 3, 6, dtype=torch.bool), None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match=r"term must be 0 \(tanh\), 1 \(abs_diff\) or 2 \(sq_diff\), got 3"):
-        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 3, 0, None, None, 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 3, 0, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match=r"profile must be 0 \(identity\), 1 \(boxcar\) or 2 \(epanechnikov\)"):
-        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, -1, None, None, 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, -1, None, None, None, None, 0, False, -1)
     with pytest.raises(ValueError, match="term: got 'cube'"):
         ops.elementwise_attention(a, b, w, v, term="cube")
 
@@ -529,7 +529,7 @@ for dtype in (torch.float32, torch.float64):
             for family in t.ELEMENTWISE:
                 t.check_against_reference(family, dtype, pooling, B, Nq, Nk, masks=masks)
                 args = t.make_inputs(family, dtype, B, Nq, Nk, D=40)
-                outs.append(t.ops_for(family)[0](*args, None, None, pooling, False, -1))
+                outs.append(t.ops_for(family)[0](*args, None, None, None, None, pooling, False, -1))
 # ties: the bilinear family's uniform scores (compiled per ISA) and the elementwise terms (the tanh exp form)
 for family in t.FAMILIES:
     for dtype in (torch.float32, torch.float64):
@@ -537,7 +537,7 @@ for family in t.FAMILIES:
     if family in ("bilinear", "additive"):
         t.test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, 64, "window")
 args = t.make_inputs("bilinear", torch.float32, 2, 70, 600, D=40)
-outs.append(torch.ops.attnzoo.bilinear_fwd(*args, None, None, t.HARD, False, -1))
+outs.append(torch.ops.attnzoo.bilinear_fwd(*args, None, None, None, None, t.HARD, False, -1))
 torch.save(outs, {path!r})
 print(attnzoo._C.build_info()["cpu_isa_runtime"])
 """

@@ -147,8 +147,8 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     pool = POOLINGS[pooling]
     fwd_op, ref_fwd, bwd_op, ref_bwd = _ops(family)
 
-    margs_d = (_dev(vl), _dev(mask), pool, causal, window)
-    margs_c = (vl, mask, pool, causal, window)
+    margs_d = (_dev(vl), _dev(mask), None, None, pool, causal, window)
+    margs_c = (vl, mask, None, None, pool, causal, window)
     td, args_d = _fwd(family, tensors, scale, margs_d, _dev)
     tc, args_c = _fwd(family, tensors, scale, margs_c, _cpu64)
     got = fwd_op(*args_d)
@@ -170,12 +170,12 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     grad_out = torch.randn(B, Nq, Dv_, generator=gen).to(dtype)
     grad_lse = torch.randn(B, Nq, generator=gen).to(ref.acc_dtype(dtype))
     if family == "bilinear":
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, *got)
-        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), tc[0], tc[1], tc[2], tc[3], scale, *margs_c, *want)
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, False, *got)
+        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), tc[0], tc[1], tc[2], tc[3], scale, *margs_c, False, *want)
         names = ("dq", "dk", "dv", "dkey_bias")
     else:
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, *got)
-        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, *want)
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, False, *got)
+        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, False, *want)
         names = ("da", "db", "dw", "dv")
     for name, g, w in zip(names, gd, gw, strict=True):
         assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
@@ -216,7 +216,7 @@ def test_tensor_core_matches_generic(monkeypatch, dtype):
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 130, 64, generator=gen).to(dtype).to(DEV) for _ in range(3))
     kb = torch.randn(2, 130, generator=gen).to(dtype).to(DEV)
-    args = (q, k, v, kb, 0.125, None, None, 0, True, 17)
+    args = (q, k, v, kb, 0.125, None, None, None, None, 0, True, 17)
     fast = torch.ops.attnzoo.bilinear_fwd(*args)
     monkeypatch.setenv("ATTNZOO_CUDA_NO_MMA", "1")
     slow = torch.ops.attnzoo.bilinear_fwd(*args)
@@ -242,7 +242,7 @@ def test_hard_identical_keys_pick_the_first(family, dtype, D):
                     args = (_dev(q), _dev(k), _dev(v), None, 0.125)
                 else:
                     args = (_dev(q), _dev(k), _dev(torch.randn(D, generator=gen).to(dtype)), _dev(v))
-                _, _, argmax, _ = fwd(*args, None, None, POOLINGS["hard"], causal, window)
+                _, _, argmax, _ = fwd(*args, None, None, None, None, POOLINGS["hard"], causal, window)
                 valid = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0]
                 want = torch.where(valid.any(-1), valid.to(torch.int8).argmax(-1), -1).expand(2, -1)
                 bad = (argmax.cpu() != want).nonzero()
@@ -255,8 +255,8 @@ def test_non_contiguous_inputs():
     q = torch.randn(2, 16, 33, generator=gen, dtype=torch.float64).transpose(1, 2)  # (2, 33, 16) strided
     k = torch.randn(2, 16, 40, generator=gen, dtype=torch.float64).transpose(1, 2)
     v = torch.randn(2, 40, 24, generator=gen, dtype=torch.float64)[:, :, ::2]
-    got = torch.ops.attnzoo.bilinear_fwd(q.to(DEV), k.to(DEV), v.to(DEV), None, 0.5, None, None, 0, False, -1)
-    want = ref.bilinear_fwd(q, k, v, None, 0.5, None, None, 0, False, -1)
+    got = torch.ops.attnzoo.bilinear_fwd(q.to(DEV), k.to(DEV), v.to(DEV), None, 0.5, None, None, None, None, 0, False, -1)
+    want = ref.bilinear_fwd(q, k, v, None, 0.5, None, None, None, None, 0, False, -1)
     _close(got[0], want[0], torch.float64, "out")
     _close(got[1], want[1], torch.float64, "lse")
 
@@ -265,7 +265,7 @@ def test_no_keys():
     q = torch.randn(2, 5, 8, device=DEV)
     k = torch.randn(2, 0, 8, device=DEV)
     v = torch.randn(2, 0, 4, device=DEV)
-    out, lse, argmax, _ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, 1, False, -1)
+    out, lse, argmax, _ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, None, None, 1, False, -1)
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.isinf(lse).all() and (lse < 0).all()
     assert (argmax == -1).all()
@@ -337,7 +337,7 @@ def _opcheck_args(family, pooling, requires_grad):
 
     vl = torch.randint(1, Nk + 1, (B, Nq), generator=gen).to(DEV)
     mask = (torch.rand(B, 1, Nk, generator=gen) > 0.2).expand(B, Nq, Nk).to(DEV)
-    margs = (vl, mask, pooling, True, 4)
+    margs = (vl, mask, None, None, pooling, True, 4)
     if family == "bilinear":
         return (r(B, Nq, D), r(B, Nk, D), r(B, Nk, Dv), r(B, Nk), 0.5, *margs)
     return (r(B, Nq, D), r(B, Nk, D), r(D), r(B, Nk, Dv), *_codes(family), *margs)

@@ -17,61 +17,85 @@ def _fwd_fake(x, v, pooling):
 
 
 @torch.library.register_fake("attnzoo::bilinear_fwd")
-def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window):
+def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window):
     return _fwd_fake(q, v, pooling)
 
 
 @torch.library.register_fake("attnzoo::elementwise_fwd")
-def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window):
+def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window):
     return _fwd_fake(a, v, pooling)
 
 
+def _dbias_fake(x, bias, bias_grad):
+    return bias.new_empty(bias.shape) if bias is not None and bias_grad else x.new_empty(0)
+
+
 @torch.library.register_fake("attnzoo::bilinear_bwd")
-def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, *rest):
+def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal,
+                       window, bias_grad, *saved):
     # the kernels return contiguous gradients, whatever the inputs' strides
     dkb = key_bias.new_empty(key_bias.shape) if key_bias is not None else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb, _dbias_fake(q, bias, bias_grad)
 
 
 @torch.library.register_fake("attnzoo::elementwise_bwd")
-def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, *rest):
-    return a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape)
+def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
+                          causal, window, bias_grad, *saved):
+    return (a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape),
+            _dbias_fake(a, bias, bias_grad))
 
 
-def _setup(ctx, inputs, output, n_tensors):
+# The mask group of both ops' inputs (schemas._MASKS): valid_lens, mask, bias, alibi, pooling, causal, window.
+_BIAS, _ALIBI = 2, 3
+
+
+def _setup(ctx, inputs, output, n_tensors, masks_at):
     out, lse, argmax, soft_out = output
+    alibi = inputs[masks_at + _ALIBI]
+    if alibi is not None and alibi.requires_grad:
+        raise ValueError("alibi: the slopes are constants (no gradient is computed); pass alibi.detach()")
     ctx.mark_non_differentiable(argmax, soft_out)
     ctx.save_for_backward(*inputs[:n_tensors], out, lse, argmax, soft_out)
-    ctx.rest = inputs[n_tensors:]
+    ctx.rest = inputs[n_tensors:masks_at]
+    ctx.mask_args = inputs[masks_at:]
+    ctx.bias_at = masks_at + _BIAS
+    ctx.n_inputs = len(inputs)
+
+
+def _grads(ctx, tensor_grads, dbias):
+    """The backward's return: one entry per input, the bias's gradient at its place."""
+    grads = [*tensor_grads] + [None] * (ctx.n_inputs - len(tensor_grads))
+    if ctx.needs_input_grad[ctx.bias_at]:
+        grads[ctx.bias_at] = dbias
+    return tuple(grads)
 
 
 def _bilinear_setup(ctx, inputs, output):
-    # inputs: q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window
-    _setup(ctx, inputs, output, 4)
-    ctx.mask_args = inputs[5:]
+    # inputs: q, k, v, key_bias, scale, *masks
+    _setup(ctx, inputs, output, 4, 5)
 
 
 def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
     q, k, v, key_bias, out, lse, argmax, soft_out = ctx.saved_tensors
-    scale = ctx.rest[0]
-    dq, dk, dv, dkb = torch.ops.attnzoo.bilinear_bwd(
-        grad_out.contiguous(), grad_lse, q, k, v, key_bias, scale, *ctx.mask_args, out, lse, argmax, soft_out
+    dq, dk, dv, dkb, dbias = torch.ops.attnzoo.bilinear_bwd(
+        grad_out.contiguous(), grad_lse, q, k, v, key_bias, *ctx.rest, *ctx.mask_args,
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out
     )
-    return dq, dk, dv, (dkb if key_bias is not None else None), None, None, None, None, None, None
+    return _grads(ctx, (dq, dk, dv, dkb if key_bias is not None else None), dbias)
 
 
 def _elementwise_setup(ctx, inputs, output):
-    # inputs: a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window
-    _setup(ctx, inputs, output, 4)
-    ctx.mask_args = inputs[4:]
+    # inputs: a, b, w, v, term, profile, *masks
+    _setup(ctx, inputs, output, 4, 6)
 
 
 def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
     a, b, w, v, out, lse, argmax, soft_out = ctx.saved_tensors
-    da, db, dw, dv = torch.ops.attnzoo.elementwise_bwd(
-        grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.mask_args, out, lse, argmax, soft_out
+    da, db, dw, dv, dbias = torch.ops.attnzoo.elementwise_bwd(
+        grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.rest, *ctx.mask_args,
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out
     )
-    return da, db, dw, dv, None, None, None, None, None, None, None
+    return _grads(ctx, (da, db, dw, dv), dbias)
 
 
 torch.library.register_autograd("attnzoo::bilinear_fwd", _bilinear_backward, setup_context=_bilinear_setup)

@@ -16,31 +16,34 @@ def _code(arg: str, name: str, codes: dict) -> int:
     return codes[name]
 
 
-def _mask_args(pooling: str, valid_lens, mask, causal: bool, window: int | None):
+def _mask_args(pooling: str, valid_lens, mask, bias, alibi, causal: bool, window: int | None):
     check_window(window)
-    return valid_lens, mask, _code("pooling", pooling, POOLINGS), bool(causal), -1 if window is None else int(window)
+    if alibi is not None and alibi.requires_grad:
+        raise ValueError("alibi: the slopes are constants (no gradient is computed); pass alibi.detach()")
+    return (valid_lens, mask, bias, alibi, _code("pooling", pooling, POOLINGS), bool(causal),
+            -1 if window is None else int(window))
 
 
 def bilinear_attention(
     q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None = None, scale: float = 1.0, *,
-    valid_lens: Tensor | None = None, mask: Tensor | None = None, pooling: str = "soft",
-    causal: bool = False, window: int | None = None,
+    valid_lens: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None,
+    alibi: Tensor | None = None, pooling: str = "soft", causal: bool = False, window: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused ``pool_j(scale * q_i . k_j + key_bias_j) v_j``; 3-D inputs (B, N, D).
+    """Fused ``pool_j(scale * q_i . k_j + key_bias_j [+ bias_ij - alibi_b |i - j|]) v_j``; 3-D inputs (B, N, D).
 
     Returns ``(out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq) or empty)``; the
-    mask arguments follow :mod:`attnzoo.ops.schemas`.
+    mask and positional arguments follow :mod:`attnzoo.ops.schemas`.
     """
     out, lse, argmax, _ = torch.ops.attnzoo.bilinear_fwd(
-        q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, causal, window)
+        q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window)
     )
     return out, lse, argmax
 
 
 def elementwise_attention(
     a: Tensor, b: Tensor, w: Tensor, v: Tensor, *, term: str = "tanh", profile: str = "identity",
-    valid_lens: Tensor | None = None, mask: Tensor | None = None, pooling: str = "soft",
-    causal: bool = False, window: int | None = None,
+    valid_lens: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None,
+    alibi: Tensor | None = None, pooling: str = "soft", causal: bool = False, window: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fused ``pool_j(g(sum_h w_h phi(a_ih, b_jh))) v_j``; a (B, Nq, H), b (B, Nk, H), w (H,).
 
@@ -49,7 +52,7 @@ def elementwise_attention(
     """
     out, lse, argmax, _ = torch.ops.attnzoo.elementwise_fwd(
         a, b, w, v, _code("term", term, TERMS), _code("profile", profile, PROFILES),
-        *_mask_args(pooling, valid_lens, mask, causal, window)
+        *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window)
     )
     return out, lse, argmax
 

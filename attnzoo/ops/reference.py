@@ -29,6 +29,44 @@ def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
     return MaskSpec((B,), Nq, Nk, valid_lens, mask, causal, window).dense(device)
 
 
+def _bias_4d(bias: Tensor) -> Tensor:
+    return bias.unsqueeze(1) if bias.dim() == 3 else bias
+
+
+def _inner(bias4: Tensor, B: int) -> int:
+    """B2 of a 4-D bias over a batch of B (the ops' convention, schemas.py)."""
+    if bias4.shape[1] > 1:
+        return bias4.shape[1]
+    return B // bias4.shape[0] if bias4.shape[0] > 1 else 1
+
+
+def add_positions(s: Tensor, bias, alibi) -> Tensor:
+    """``(s + bias) - alibi_b |i - j|`` for scores ``s`` (B, Nq, Nk) and the ops' ``bias`` / ``alibi``."""
+    B, Nq, Nk = s.shape
+    if bias is not None:
+        b4 = _bias_4d(bias)
+        B2 = _inner(b4, B)
+        s = s + b4.to(s.dtype).expand(B // B2 if B2 else 0, B2, Nq, Nk).reshape(B, Nq, Nk)
+    if alibi is not None:
+        i = torch.arange(Nq, device=s.device).view(Nq, 1)
+        j = torch.arange(Nk, device=s.device).view(1, Nk)
+        s = s - alibi.to(s.dtype).view(B, 1, 1) * (i - j).abs().to(s.dtype)
+    return s
+
+
+def _dbias(ds: Tensor, bias, bias_grad: bool, like: Tensor) -> Tensor:
+    """The ops' ``dbias``: ``ds`` summed over the bias's size-1 dims, in its shape and dtype (else empty)."""
+    if bias is None or not bias_grad:
+        return like.new_empty(0)
+    b4 = _bias_4d(bias)
+    B, Nq, Nk = ds.shape
+    B2 = _inner(b4, B)
+    full = ds.reshape(B // B2 if B2 else 0, B2, Nq, Nk)
+    dims = [d for d in range(4) if b4.shape[d] == 1 and full.shape[d] != 1]
+    red = full.sum(dims, keepdim=True) if dims else full
+    return red.reshape(bias.shape).to(bias.dtype)
+
+
 def onehot_at(argmax: Tensor, like: Tensor) -> Tensor:
     """One-hot rows at ``argmax`` (B, Nq), shaped like ``like`` (B, Nq, Nk); rows with -1 stay zero."""
     onehot = torch.zeros_like(like)
@@ -88,17 +126,19 @@ def elementwise_scores(a, b, w, term, profile):
     return phi, r, torch.where(r.isnan(), r, s)
 
 
-def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window):
+def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    out, lse, argmax, soft_out, _ = _pool(bilinear_scores(q, k, key_bias, scale), v, valid, pooling, q.dtype)
+    s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
+    out, lse, argmax, soft_out, _ = _pool(s, v, valid, pooling, q.dtype)
     return out, lse, argmax, soft_out
 
 
-def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window):
+def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
-    out, lse, argmax, soft_out, _ = _pool(elementwise_scores(a, b, w, term, profile)[2], v, valid, pooling, a.dtype)
+    s = add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi)
+    out, lse, argmax, soft_out, _ = _pool(s, v, valid, pooling, a.dtype)
     return out, lse, argmax, soft_out
 
 
@@ -127,25 +167,26 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     return ds, dv
 
 
-def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, pooling, causal, window,
-                 out, lse, argmax, soft_out):
+def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
+                 bias_grad, out, lse, argmax, soft_out):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    s = bilinear_scores(q, k, key_bias, scale)
+    s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
     ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     acc = s.dtype
     dq = scale * (ds @ k.to(acc))
     dk = scale * (ds.transpose(-1, -2) @ q.to(acc))
     dkb = ds.sum(-2).to(key_bias.dtype) if key_bias is not None else q.new_empty(0)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkb
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkb, _dbias(ds, bias, bias_grad, q)
 
 
-def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, pooling, causal, window,
-                    out, lse, argmax, soft_out):
+def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal,
+                    window, bias_grad, out, lse, argmax, soft_out):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
     phi, r, s = elementwise_scores(a, b, w, term, profile)
-    ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
+    ds, dv = _score_grad(grad_out, grad_lse, add_positions(s, bias, alibi), v, valid, pooling, out, argmax, soft_out)
+    dbias = _dbias(ds, bias, bias_grad, a)
     acc = s.dtype
     if profile == BOXCAR:  # g' = 0
         ds = torch.zeros_like(ds)
@@ -162,4 +203,4 @@ def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, m
     da = dpre.sum(-2)
     db = sign * dpre.sum(-3)
     dw = (ds.unsqueeze(-1) * phi).sum((0, 1, 2))
-    return da.to(a.dtype), db.to(b.dtype), dw.to(w.dtype), dv.to(v.dtype)
+    return da.to(a.dtype), db.to(b.dtype), dw.to(w.dtype), dv.to(v.dtype), dbias

@@ -12,6 +12,10 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
 * ``term``, ``profile`` (elementwise ops): :data:`TERMS` (``tanh(a + b)``, ``|a - b|``, ``(a - b)^2``)
   and :data:`PROFILES` (identity; boxcar: 0 for ``r <= 1``, else -inf; epanechnikov:
   ``log(1 - r)`` for ``r < 1``, else -inf).
+* ``bias`` float ``(B1, B2, Nq, Nk)`` or ``(B, Nq, Nk)``, each dim its size or 1 (broadcast), ``B1 * B2 = B``
+  (batch entry ``b`` reads ``[b // B2, b % B2]``), and ``alibi`` float ``(B,)`` (slopes ``m_b``) add the
+  positional terms ``s_ij + bias[b, i, j] - m_b |i - j|`` to every score (after the family's); ``bias_grad``
+  (backward): return ``dbias`` (the bias's shape and dtype, summed over its size-1 dims), else an empty tensor.
 * ``causal``: key ``j`` valid only if ``j <= i``; ``window >= 0``: only if ``|i - j| <= window``.
 * A row with no valid key: ``out`` 0, ``lse`` -inf, ``argmax`` -1, all gradients 0.
 * Outputs ``(out, lse, argmax, soft_out)``: ``lse`` is the log-sum-exp of the valid
@@ -26,7 +30,7 @@ POOLINGS = {"soft": 0, "hard": 1, "average": 2}
 TERMS = {"tanh": 0, "abs_diff": 1, "sq_diff": 2}
 PROFILES = {"identity": 0, "boxcar": 1, "epanechnikov": 2}
 
-_MASKS = "Tensor? valid_lens, Tensor? mask, int pooling, bool causal, int window"
+_MASKS = "Tensor? valid_lens, Tensor? mask, Tensor? bias, Tensor? alibi, int pooling, bool causal, int window"
 _SAVED = "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
 _FWD_OUT = "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out)"
 
@@ -36,13 +40,14 @@ SCHEMAS = {
     ),
     "bilinear_bwd": (
         f"bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
-        f"float scale, {_MASKS}, {_SAVED}) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)"
+        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias, "
+        "Tensor dbias)"
     ),
     "elementwise_fwd": (
         f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}) -> {_FWD_OUT}"
     ),
     "elementwise_bwd": (
         f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
-        f"int profile, {_MASKS}, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv)"
+        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv, Tensor dbias)"
     ),
 }

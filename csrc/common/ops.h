@@ -6,23 +6,23 @@
 #pragma once
 #include "common/tensors.h"
 
+// The mask and positional arguments every op takes (ATTNZOO_MASKS in ops_schema.cpp).
+#define ATTNZOO_MASK_PARAMS                                                                                 \
+  const OptTensor &valid_lens, const OptTensor &mask, const OptTensor &bias, const OptTensor &alibi,        \
+      int64_t pooling, bool causal, int64_t window
+#define ATTNZOO_SAVED_PARAMS const at::Tensor &out, const at::Tensor &lse, const at::Tensor &argmax, const at::Tensor &soft_out
+
 #define ATTNZOO_OP_DECLARATIONS                                                                                     \
   Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
-                       double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling,          \
-                       bool causal, int64_t window);                                                               \
-  Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
+                       double scale, ATTNZOO_MASK_PARAMS);                                                         \
+  Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
                        const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,          \
-                       const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,           \
-                       int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,     \
-                       const at::Tensor& soft_out);                                                                \
+                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS);                                 \
   Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
-                          int64_t term, int64_t profile, const OptTensor& valid_lens, const OptTensor& mask,      \
-                          int64_t pooling, bool causal, int64_t window);                                          \
-  Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
+                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS);                                    \
+  Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
                           const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,            \
-                          int64_t profile, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling,   \
-                          bool causal, int64_t window, const at::Tensor& out, const at::Tensor& lse,              \
-                          const at::Tensor& argmax, const at::Tensor& soft_out);
+                          int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS);
 
 // Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
 #define ATTNZOO_OP_REGISTRATIONS(m, ns)      \

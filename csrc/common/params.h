@@ -96,7 +96,51 @@ struct MaskParams {
   bool causal;
   int64_t window;  // -1: no window; else |i - j| <= window
   int64_t pooling;  // Pooling
+  // Positional terms added to the score of every valid key, after the family's (positions are the
+  // indices): s_ij = (s_ij + bias[b, i, j]) - alibi[b] |i - j|. Both in the accumulation type A of
+  // the kernels (float or double); nullptr: none.
+  const void* bias;  // (B1, B2, Nq, Nk), read at [b / bias_b2, b % bias_b2, i, j]; stride 0 on broadcast dims
+  int64_t bias_b2, bs_b1, bs_b2, bs_i, bs_j;
+  const void* alibi;  // (B,) contiguous: the slope of each batch entry
 };
+
+ATTNZOO_HD bool has_positions(const MaskParams& p) { return p.bias != nullptr || p.alibi != nullptr; }
+
+// Pointer to bias[b, i, 0] (nullptr when there is no bias); step by bs_j along j.
+template <class A>
+ATTNZOO_HD const A* bias_row(const MaskParams& p, int64_t b, int64_t i) {
+  if (p.bias == nullptr) return nullptr;
+  return static_cast<const A*>(p.bias) + (b / p.bias_b2) * p.bs_b1 + (b % p.bias_b2) * p.bs_b2 + i * p.bs_i;
+}
+
+template <class A>
+ATTNZOO_HD A alibi_slope(const MaskParams& p, int64_t b) {
+  return p.alibi ? static_cast<const A*>(p.alibi)[b] : A(0);
+}
+
+// Score s of (b, i, j) with the positional terms; brow = bias_row(p, b, i), slope = alibi_slope(p, b).
+template <class A>
+ATTNZOO_HD A with_positions(const MaskParams& p, A s, const A* brow, A slope, int64_t i, int64_t j) {
+  if (brow) s = s + brow[j * p.bs_j];
+  if (p.alibi) {
+    const A dist = static_cast<A>(i > j ? i - j : j - i);
+    s = s - slope * dist;
+  }
+  return s;
+}
+
+// Where the gradient of the bias goes: d (A, the bias's (B1, B2, Nq, Nk) shape with its strides; 0 on
+// broadcast dims). shared: several (b, i, j) map to one element (a broadcast bias): accumulate with care.
+struct BiasGrad {
+  void* d;  // nullptr: not wanted
+  int64_t b2, s_b1, s_b2, s_i, s_j;
+  bool shared;
+};
+
+template <class A>
+ATTNZOO_HD A* dbias_row(const BiasGrad& g, int64_t b, int64_t i) {
+  return static_cast<A*>(g.d) + (b / g.b2) * g.s_b1 + (b % g.b2) * g.s_b2 + i * g.s_i;
+}
 
 // Valid key range of query i given its valid length (pass Nk when there are no valid_lens).
 ATTNZOO_HD KeyRange key_range(int64_t i, int64_t Nk, int64_t valid_len, bool causal, int64_t window) {

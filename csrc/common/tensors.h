@@ -6,15 +6,24 @@
 
 #include <tuple>
 
+#include "common/params.h"
 #include "common/pooling.h"
 
 namespace attnzoo {
 
 using OptTensor = c10::optional<at::Tensor>;
 using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Accumulation dtype of the kernels (and the dtype of lse): float64 stays, everything else is float32.
 inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The bias gradient of a backward: a zeroed tensor of the bias's own shape in the accumulation dtype
+// (undefined when not wanted) and where the kernels write it (each dim of size 1 is summed over).
+struct BiasGradOut {
+  at::Tensor d;
+  BiasGrad g{};
+};
 
 inline OptTensor contiguous_opt(const OptTensor& t) {
   return t.has_value() ? OptTensor(t->contiguous()) : OptTensor();

@@ -3,6 +3,7 @@
 // argument, what it got and what it needs.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 
 #include <sstream>
@@ -61,10 +62,25 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
               "), got ", t.device());
 }
 
-// valid_lens, mask, pooling, window for an op with B, Nq, Nk; `ref`/`ref_arg` give the device.
+// bias: float, (B1, B2, Nq, Nk) or (B, Nq, Nk), each dim its full size or 1 (broadcast), B1 B2 = B.
+inline void check_bias(const char* op, const at::Tensor& t, const char* ref_arg, const at::Tensor& ref, int64_t B,
+                       int64_t Nq, int64_t Nk) {
+  const char* names = "(B1, B2, Nq, Nk) or (B, Nq, Nk), each dim its size or 1, B1 * B2 = B";
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": bias must be a float tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, op, ": bias must be ", names, ", got shape ", shape_str(t.sizes()));
+  const int64_t n = t.dim(), q = t.size(n - 2), k = t.size(n - 1);
+  const int64_t b1 = t.size(0), b2 = n == 4 ? t.size(1) : 1;
+  bool ok = (q == Nq || q == 1) && (k == Nk || k == 1) && b1 >= 1 && b2 >= 1;
+  if (ok && B > 0) ok = b2 > 1 ? (B % b2 == 0 && (b1 == 1 || b1 * b2 == B)) : B % b1 == 0;
+  TORCH_CHECK(ok, op, ": bias must be ", names, " (B = ", B, ", Nq = ", Nq, ", Nk = ", Nk, "), got shape ",
+              shape_str(t.sizes()));
+  check_same_device(op, "bias", t, ref_arg, ref);
+}
+
+// valid_lens, mask, bias, alibi, pooling, window for an op with B, Nq, Nk; `ref`/`ref_arg` give the device.
 inline void check_mask_args(const char* op, const at::Tensor& ref, const char* ref_arg, int64_t B, int64_t Nq,
-                            int64_t Nk, const OptTensor& valid_lens,
-                            const OptTensor& mask, int64_t pooling, int64_t window) {
+                            int64_t Nk, const OptTensor& valid_lens, const OptTensor& mask, const OptTensor& bias,
+                            const OptTensor& alibi, int64_t pooling, int64_t window) {
   if (valid_lens.has_value()) {
     const auto& vl = *valid_lens;
     TORCH_CHECK(vl.scalar_type() == at::kLong, op, ": valid_lens must be int64, got ", vl.scalar_type());
@@ -76,6 +92,13 @@ inline void check_mask_args(const char* op, const at::Tensor& ref, const char* r
     TORCH_CHECK(m.scalar_type() == at::kBool, op, ": mask must be bool, got ", m.scalar_type());
     check_shape(op, "mask", m, {B, Nq, Nk}, "(B, Nq, Nk)");
     check_same_device(op, "mask", m, ref_arg, ref);
+  }
+  if (bias.has_value()) check_bias(op, *bias, ref_arg, ref, B, Nq, Nk);
+  if (alibi.has_value()) {
+    const auto& m = *alibi;
+    TORCH_CHECK(at::isFloatingType(m.scalar_type()), op, ": alibi must be a float tensor, got ", m.scalar_type());
+    check_shape(op, "alibi", m, {B}, "(B,)");
+    check_same_device(op, "alibi", m, ref_arg, ref);
   }
   TORCH_CHECK(valid_pooling(pooling), op, ": pooling must be ", pooling_choices(), ", got ", pooling);
   TORCH_CHECK(window >= -1, op, ": window must be >= -1 (-1 = no window), got ", window);
@@ -105,22 +128,23 @@ inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const
 
 inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const OptTensor& key_bias, const OptTensor& valid_lens,
-                               const OptTensor& mask, int64_t pooling, int64_t window,
-                               const Dtypes& dtypes) {
+                               const OptTensor& mask, const OptTensor& bias, const OptTensor& alibi,
+                               int64_t pooling, int64_t window, const Dtypes& dtypes) {
   check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", dtypes);
   const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1);
   if (key_bias.has_value()) {
     check_shape(op, "key_bias", *key_bias, {B, Nk}, "(B, Nk)");
     check_like(op, "key_bias", *key_bias, "q", q);
   }
-  check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, pooling, window);
+  check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, bias, alibi, pooling, window);
 }
 
 
 // a (B, Nq, H), b (B, Nk, H), w (H,), v (B, Nk, Dv); term and profile codes.
 inline void check_elementwise_fwd(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& w,
                                   const at::Tensor& v, int64_t term, int64_t profile, const OptTensor& valid_lens,
-                                  const OptTensor& mask, int64_t pooling, int64_t window, const Dtypes& dtypes) {
+                                  const OptTensor& mask, const OptTensor& bias, const OptTensor& alibi,
+                                  int64_t pooling, int64_t window, const Dtypes& dtypes) {
   TORCH_CHECK(term >= 0 && term < kNumTerms, op, ": term must be ", code_choices(kNumTerms, term_name), ", got ",
               term);
   TORCH_CHECK(profile >= 0 && profile < kNumProfiles, op, ": profile must be ",
@@ -130,7 +154,7 @@ inline void check_elementwise_fwd(const char* op, const at::Tensor& a, const at:
   check_rank(op, "w", w, 1, "(H,)");
   check_shape(op, "w", w, {a.size(2)}, "(H,)");
   check_like(op, "w", w, "a", a);
-  check_mask_args(op, a, "a", B, Nq, Nk, valid_lens, mask, pooling, window);
+  check_mask_args(op, a, "a", B, Nq, Nk, valid_lens, mask, bias, alibi, pooling, window);
 }
 
 // Backward extras: grad_out (B, Nq, Dv), grad_lse (B, Nq), and the saved forward outputs.
@@ -169,10 +193,38 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
   }
 }
 
-// Mask parameters for the kernels. valid_lens / mask must already be on the kernels' device
-// (their data pointers are stored); strides are read from the tensors, so broadcast views work.
+// The positional inputs in the kernels' accumulation dtype: bias as a 4-D (B1, B2, Nq, Nk) view
+// (only its distinct elements are converted: a broadcast view stays a view), alibi contiguous.
+struct Positions {
+  at::Tensor bias, alibi;  // undefined: none
+};
+
+inline Positions positions_acc(const OptTensor& bias, const OptTensor& alibi, at::ScalarType acc) {
+  Positions p;
+  if (bias.has_value()) {
+    at::Tensor t = bias->dim() == 3 ? bias->unsqueeze(1) : *bias;
+    if (t.scalar_type() != acc) {
+      at::Tensor c = t;
+      for (int64_t d = 0; d < 4; ++d)
+        if (t.stride(d) == 0 && t.size(d) > 1) c = c.narrow(d, 0, 1);
+      t = c.to(acc).expand(t.sizes());
+    }
+    p.bias = t;
+  }
+  if (alibi.has_value()) p.alibi = alibi->to(acc).contiguous();
+  return p;
+}
+
+// B2 of a 4-D bias over a batch of B (check_bias): its dim 1, else B / its dim 0.
+inline int64_t bias_inner(const at::Tensor& bias4, int64_t B) {
+  if (bias4.size(1) > 1) return bias4.size(1);
+  return bias4.size(0) > 1 ? B / bias4.size(0) : 1;
+}
+
+// Mask parameters for the kernels. valid_lens / mask / positions must already be on the kernels'
+// device (their data pointers are stored); strides are read from the tensors, so broadcast views work.
 inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const OptTensor& valid_lens,
-                                   const OptTensor& mask, int64_t pooling, bool causal,
+                                   const OptTensor& mask, const Positions& pos, int64_t pooling, bool causal,
                                    int64_t window) {
   MaskParams p{};
   p.B = B;
@@ -193,7 +245,40 @@ inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const OptT
   // |i - j| <= Nq + Nk always holds: clamping keeps the meaning and keeps i + window + 1 from overflowing
   p.window = window > Nq + Nk ? Nq + Nk : window;
   p.pooling = pooling;
+  if (pos.bias.defined()) {
+    const at::Tensor& t = pos.bias;
+    const auto st = [&](int64_t d) { return t.size(d) == 1 ? int64_t{0} : t.stride(d); };
+    p.bias = t.const_data_ptr();
+    p.bias_b2 = bias_inner(t, B);
+    p.bs_b1 = st(0);
+    p.bs_b2 = st(1);
+    p.bs_i = st(2);
+    p.bs_j = st(3);
+  }
+  if (pos.alibi.defined()) p.alibi = pos.alibi.const_data_ptr();
   return p;
+}
+
+inline BiasGradOut make_bias_grad(const Positions& pos, bool wanted, int64_t B, int64_t Nq, int64_t Nk) {
+  BiasGradOut o;
+  if (!wanted || !pos.bias.defined()) return o;
+  const at::Tensor& t = pos.bias;
+  o.d = at::zeros(t.sizes(), t.options());
+  const int64_t b2 = bias_inner(t, B), full[4] = {b2 ? B / b2 : 0, b2, Nq, Nk};
+  int64_t s[4];
+  bool shared = false;
+  for (int64_t d = 0; d < 4; ++d) {
+    s[d] = t.size(d) == 1 ? 0 : o.d.stride(d);
+    shared = shared || (t.size(d) == 1 && full[d] > 1);
+  }
+  o.g = BiasGrad{o.d.data_ptr(), b2, s[0], s[1], s[2], s[3], shared};
+  return o;
+}
+
+// The bias gradient as the op returns it: the bias's shape and dtype (empty when not computed).
+inline at::Tensor dbias_output(const BiasGradOut& o, const OptTensor& bias, const at::Tensor& like) {
+  if (!o.d.defined()) return at::empty({0}, like.options());
+  return o.d.reshape(bias->sizes()).to(bias->scalar_type());
 }
 
 }  // namespace attnzoo

@@ -1,7 +1,7 @@
 // attnzoo::bilinear_bwd on CPU (flash-attention style: scores recomputed per block from lse).
 // p_ij = exp(s_ij - lse_i); dv_j = sum_i p_ij dO_i (hard: one-hot of argmax);
 // ds_ij = p_ij (dO_i . v_j - D_i), D_i = dO_i . o_i - grad_lse_i (o = soft_out for hard; average: ds = 0);
-// dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i, dkey_bias_j = sum_i ds_ij.
+// dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i, dkey_bias_j = sum_i ds_ij, dbias_ij = ds_ij.
 #include <ATen/Dispatch.h>
 
 #include "common/validate.h"
@@ -10,29 +10,31 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, const OptTensor& key_bias, double scale, const OptTensor& valid_lens,
-                     const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
-                     const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
+Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
+                     bool bias_grad, ATTNZOO_SAVED_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCpuDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1), Dv = v.size(2);
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v), go = to_acc(grad_out);
   const auto kba = to_acc(key_bias), gl = to_acc(grad_lse);
   const auto od = to_acc(softmax_output(pooling, out, soft_out)), lsea = lse.contiguous(), am = argmax.contiguous();
-  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, qa.scalar_type());
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
+  const BiasGradOut dbias = make_bias_grad(pos, bias_grad, B, Nq, Nk);
   auto dq = at::zeros_like(qa), dk = at::zeros_like(ka), dv = at::zeros_like(va);
   auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();
   std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, dq);
     backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(),
-                           go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk), accs,
+                           go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk), accs, dbias,
                            [&] { return sc; });
   });
   auto dkb_out = key_bias ? dkb.to(key_bias->scalar_type()) : at::empty({0}, q.options());
-  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dkb_out};
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dkb_out,
+          dbias_output(dbias, bias, q)};
 }
 
 }  // namespace attnzoo::cpu

@@ -12,16 +12,17 @@
 namespace attnzoo::cpu {
 
 Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
-                     double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                     int64_t window) {
-  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, pooling, window, kCpuDtypes);
+                     double scale, ATTNZOO_MASK_PARAMS) {
+  check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window,
+                     kCpuDtypes);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
   const auto kba = to_acc(key_bias);
-  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, qa.scalar_type());
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
-    if (small_d_supported<scalar_t>(D, Dv, Nk, pooling))
+    if (small_d_supported<scalar_t>(mp, D, Dv))
       return small_d_run<scalar_t>(mp, qa, ka, va, kba, scale, at::Tensor(), outs);
     // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
     // (padded by the widest vector, AVX-512's, which uniform_scores may read past the last key)

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/params.h"
+#include "common/tensors.h"
 #include "cpu/kernel_args.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
@@ -46,6 +47,43 @@ struct ScoreBlock {
   int64_t b, i0, nq, j0, nk;
   const int64_t *ra, *re;
 };
+
+// s[a, e) of query i (batch b; key block from j0) plus the positional terms: (s + bias) - m |i - j|
+// (params.h). Vectors throughout, the last one partial: every key gets the same arithmetic (exact
+// ties stay ties).
+template <typename T>
+void add_positions(const MaskParams& mp, T* s, int64_t a, int64_t e, int64_t b, int64_t i, int64_t j0) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  const T* br = bias_row<T>(mp, b, i);
+  const V mv(alibi_slope<T>(mp, b)), iv(static_cast<T>(i));
+  T tmp[W];
+  for (int64_t j = a; j < e; j += W) {
+    const int64_t n = std::min<int64_t>(W, e - j);
+    V x = V::loadu(s + j, n);
+    if (br) {
+      const T* bj = br + (j0 + j) * mp.bs_j;
+      if (mp.bs_j == 1) {
+        x = x + V::loadu(bj, n);
+      } else {
+        for (int64_t c = 0; c < n; ++c) tmp[c] = bj[c * mp.bs_j];
+        x = x + V::loadu(tmp, n);
+      }
+    }
+    if (mp.alibi) x = x - mv * (iv - V::arange(static_cast<T>(j0 + j), T(1))).abs();
+    x.store(s + j, n);
+  }
+}
+
+// dbias[b, i0 + r, j0 + j] += dS[r][j] over each row's valid keys [ra, re).
+template <typename T>
+void add_dbias(const BiasGrad& g, const ScoreBlock& blk, const T* dS, int64_t ldS) {
+  for (int64_t r = 0; r < blk.nq; ++r) {
+    T* d = dbias_row<T>(g, blk.b, blk.i0 + r) + blk.j0 * g.s_j;
+    const T* ds = dS + r * ldS;
+    for (int64_t j = blk.ra[r]; j < blk.re[r]; ++j) d[j * g.s_j] += ds[j];
+  }
+}
 
 // Valid key ranges of rows i0..i0+nq; returns the union [klo, khi) (klo >= khi: none).
 inline void block_rows(const MaskParams& mp, int64_t b, int64_t i0, int64_t nq, int64_t* lo, int64_t* hi,
@@ -86,13 +124,14 @@ struct RowBlock {
     return blk;
   }
 
-  // Row r's raw scores -> masked scores in [ra, re): -inf where the mask is false; every valid
-  // key scores 0 for a pooling that reads no scores.
+  // Row r's raw scores -> masked scores in [ra, re): plus the positional terms, -inf where the
+  // mask is false; every valid key scores 0 for a pooling that reads no scores.
   T* masked(const MaskParams& mp, bool scores, int64_t r, const ScoreBlock& blk) {
     T* s = S.data() + r * bk;
     const int64_t a = ra[r], e = re[r];
     if (e <= a) return s;
     if (!scores) vfill(s + a, e - a, T(0));
+    if (scores && has_positions(mp)) add_positions(mp, s, a, e, blk.b, blk.i0 + r, blk.j0);
     if (const bool* mr = mask_row(mp, blk.b, blk.i0 + r)) {
       const T ninf = -std::numeric_limits<T>::infinity();
       for (int64_t j = a; j < e; ++j)
@@ -153,7 +192,7 @@ void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const
 // The backward of pooling policy Pool; see backward_cpu.
 template <typename T, typename Pool, typename MakeScorer>
 void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const T* dout, const BwdIn<T>& bi,
-                     std::vector<AccSpec>& accs, const MakeScorer& make_scorer) {
+                     std::vector<AccSpec>& accs, const BiasGradOut& dbias, const MakeScorer& make_scorer) {
   constexpr PoolingTraits pt = Pool::kTraits;
   const int64_t bq = blk.bq, bk = blk.bk;
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk;
@@ -172,9 +211,16 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
       copies[th][s] = own ? accs[s].out : (th == 0 ? accs[s].out : at::zeros_like(accs[s].out));
       ptrs[th][s] = copies[th][s].template data_ptr<T>();
     }
+  // The bias gradient: written in place, unless a broadcast bias makes tasks share its elements.
+  std::vector<at::Tensor> dbias_copies(dbias.g.shared ? nt : 0);
+  std::vector<BiasGrad> dbias_at(nt, dbias.g);
+  for (int th = 1; th < static_cast<int>(dbias_copies.size()); ++th) {
+    dbias_copies[th] = at::zeros_like(dbias.d);
+    dbias_at[th].d = dbias_copies[th].data_ptr();
+  }
 
   auto process = [&](auto& scorer, Pool& pool, RowBlock<T>& rb, std::vector<T>& dP, int64_t b, int64_t i0,
-                     T* const* acc) {
+                     T* const* acc, const BiasGrad& dbg) {
     const int64_t nq = std::min(bq, Nq - i0);
     const T* dO = dout + (b * Nq + i0) * Dv;
     int64_t klo, khi;
@@ -190,6 +236,7 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
       if constexpr (pt.score_grad) {
         gemm<T>(false, true, nq, nk, Dv, T(1), dO, Dv, v + (b * Nk + j0) * Dv, Dv, T(0), dP.data(), bk);
         for (int64_t r = 0; r < nq; ++r) pool.dweights(r, rb.S.data() + r * bk, dP.data() + r * bk, nk, bk);
+        if (dbg.d) add_dbias(dbg, sb, dP.data(), bk);
         scorer.dscore(sb, dP.data(), bk, acc);
       }
     }
@@ -206,9 +253,9 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
     T* const* acc = ptrs[th].data();
     for (int64_t t = t0; t < t1; ++t) {
       if (direct) {
-        for (int64_t qb = 0; qb < nqb; ++qb) process(scorer, pool, rb, dP, t, qb * bq, acc);
+        for (int64_t qb = 0; qb < nqb; ++qb) process(scorer, pool, rb, dP, t, qb * bq, acc, dbias_at[th]);
       } else {
-        process(scorer, pool, rb, dP, t / nqb, balanced(t % nqb, nqb) * bq, acc);
+        process(scorer, pool, rb, dP, t / nqb, balanced(t % nqb, nqb) * bq, acc, dbias_at[th]);
       }
     }
   });
@@ -217,15 +264,17 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
     if (!accs[s].out.defined() || (direct && accs[s].per_batch)) continue;
     for (int th = 1; th < nt; ++th) accs[s].out.add_(copies[th][s]);
   }
+  for (size_t th = 1; th < dbias_copies.size(); ++th) dbias.d.add_(dbias_copies[th]);
 }
 
 // Accumulates dv into accs[0] (B, Nk, Dv); scorer.dscore gets the other accumulators
-// (pointer i = accs[i]'s base for this thread). bi.o_delta: softmax_output (out, or soft_out).
+// (pointer i = accs[i]'s base for this thread); dS into dbias.d when it is defined. bi.o_delta: softmax_output (out, or soft_out).
 template <typename T, typename MakeScorer>
 void backward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const T* dout, const BwdIn<T>& bi,
-                  std::vector<AccSpec>& accs, const MakeScorer& make_scorer) {
+                  std::vector<AccSpec>& accs, const BiasGradOut& dbias, const MakeScorer& make_scorer) {
   dispatch_pooling(mp.pooling, [&](auto P) {
-    backward_blocks<T, typename CpuPooling<decltype(P)::value, T>::Bwd>(mp, blk, Dv, v, dout, bi, accs, make_scorer);
+    backward_blocks<T, typename CpuPooling<decltype(P)::value, T>::Bwd>(mp, blk, Dv, v, dout, bi, accs, dbias,
+                                                                        make_scorer);
   });
 }
 

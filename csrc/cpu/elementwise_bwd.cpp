@@ -12,31 +12,32 @@
 
 namespace attnzoo::cpu {
 
-Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
+Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
                         const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
-                        const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                        int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,
-                        const at::Tensor& soft_out) {
+                        ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS) {
   const char* op = "attnzoo.elementwise_bwd";
-  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, pooling, window, kCpuDtypes);
+  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCpuDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v), go = to_acc(grad_out);
   const auto gl = to_acc(grad_lse);
   const auto od = to_acc(softmax_output(pooling, out, soft_out)), lsea = lse.contiguous(), am = argmax.contiguous();
-  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, aa.scalar_type());
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
+  const BiasGradOut dbias = make_bias_grad(pos, bias_grad, B, Nq, Nk);
   auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
   std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_bwd", [&] {
     const ElementwiseBwdArgs<scalar_t> p{elementwise_inputs<scalar_t>(mp, term, profile, aa, ba, wa, va),
                                          go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk), &accs,
-                                         da.data_ptr<scalar_t>()};
+                                         da.data_ptr<scalar_t>(), &dbias};
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)
     if (runtime_isa() == CpuIsa::kAVX512) return elementwise_bwd_avx512(p);
 #endif
     elementwise_bwd_impl<scalar_t>(p);
   });
-  return {da.to(a.scalar_type()), db.to(b.scalar_type()), dw.to(w.scalar_type()), dv.to(v.scalar_type())};
+  return {da.to(a.scalar_type()), db.to(b.scalar_type()), dw.to(w.scalar_type()), dv.to(v.scalar_type()),
+          dbias_output(dbias, bias, a)};
 }
 
 }  // namespace attnzoo::cpu

@@ -14,17 +14,17 @@
 namespace attnzoo::cpu {
 
 Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                        int64_t term, int64_t profile, const OptTensor& valid_lens, const OptTensor& mask,
-                        int64_t pooling, bool causal, int64_t window) {
-  check_elementwise_fwd("attnzoo.elementwise_fwd", a, b, w, v, term, profile, valid_lens, mask, pooling, window,
-                        kCpuDtypes);
+                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS) {
+  check_elementwise_fwd("attnzoo.elementwise_fwd", a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
+                        window, kCpuDtypes);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1), Dv = v.size(2);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v);
-  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, aa.scalar_type());
+  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_fwd", [&] {
     // Squared distances of small dims (Nadaraya-Watson): one register sweep per row (small_d.h)
-    if (term == kSqDiff && profile == kIdentity && small_d_supported<scalar_t>(a.size(2), Dv, Nk, pooling))
+    if (term == kSqDiff && profile == kIdentity && small_d_supported<scalar_t>(mp, a.size(2), Dv))
       return small_d_run<scalar_t>(mp, aa, ba, va, std::nullopt, 1.0, wa, outs);
     const ElementwiseFwdArgs<scalar_t> p{elementwise_inputs<scalar_t>(mp, term, profile, aa, ba, wa, va),
                                          fwd_out<scalar_t>(outs)};

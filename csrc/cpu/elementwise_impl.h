@@ -83,7 +83,7 @@ void elementwise_bwd_impl(const ElementwiseBwdArgs<T>& p) {
   const ElementwiseInputs<T>& x = p.x;
   dispatch_term(x.term, [&](auto term) {
     constexpr int64_t TERM = decltype(term)::value;
-    backward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.dout, p.saved, *p.accs,
+    backward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.dout, p.saved, *p.accs, *p.dbias,
                     [&] { return ElementwiseScorer<T, TERM>(x.a, x.b, x.w, x.Nq, x.Nk, x.H, x.profile, p.da); });
   });
 }

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/params.h"
+#include "common/tensors.h"
 #include "cpu/kernel_args.h"
 #include "cpu/isa.h"
 
@@ -53,6 +54,7 @@ struct ElementwiseBwdArgs {
   BwdIn<T> saved;
   std::vector<AccSpec>* accs;
   T* da;
+  const BiasGradOut* dbias;
 };
 
 #if defined(ATTNZOO_HAVE_AVX512_KERNELS)

@@ -37,11 +37,13 @@ constexpr int64_t kSmallDMax = 8;
 #define ATTNZOO_SMALL_D_ROWS 4
 #endif
 
-// Whether the small-D forward handles a problem (an arg-max pooling keeps key indices in T lanes).
+// Whether the small-D forward handles a problem (an arg-max pooling keeps key indices in T lanes;
+// positional terms go through the block drivers).
 template <typename T>
-inline bool small_d_supported(int64_t D, int64_t Dv, int64_t Nk, int64_t pooling) {
-  if (D < 1 || D > kSmallDMax || Dv < 1 || Dv > kSmallDMax) return false;
-  if (pooling_traits(pooling).argmax && Nk >= (int64_t{1} << (std::numeric_limits<T>::digits - 1))) return false;
+inline bool small_d_supported(const MaskParams& mp, int64_t D, int64_t Dv) {
+  if (D < 1 || D > kSmallDMax || Dv < 1 || Dv > kSmallDMax || has_positions(mp)) return false;
+  if (pooling_traits(mp.pooling).argmax && mp.Nk >= (int64_t{1} << (std::numeric_limits<T>::digits - 1)))
+    return false;
   return true;
 }
 

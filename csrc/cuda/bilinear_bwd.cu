@@ -8,16 +8,17 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, const OptTensor& key_bias, double scale, const OptTensor& valid_lens,
-                     const OptTensor& mask, int64_t pooling, bool causal, int64_t window, const at::Tensor& out,
-                     const at::Tensor& lse, const at::Tensor& argmax, const at::Tensor& soft_out) {
+Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
+                     bool bias_grad, ATTNZOO_SAVED_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCudaDtypes);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
-  const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
+  const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
+  const BiasGradOut dbias = make_bias_grad(pos, bias_grad, q.size(0), q.size(1), k.size(1));
   const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto kbc = contiguous_opt(key_bias);
@@ -29,9 +30,9 @@ Tensor4 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                                         kbc ? kbc->const_data_ptr<scalar_t>() : nullptr, static_cast<A>(scale),
                                         kbc ? dkb.mutable_data_ptr<scalar_t>() : nullptr};
     generic_bwd<BilinearTile<scalar_t, A>, scalar_t>(fam, grad_out.contiguous(), grad_lse, vc, mp, o, lse, argmax,
-                                                     dq, dk, dv);
+                                                     dq, dk, dv, dbias.g);
   });
-  return {dq, dk, dv, dkb};
+  return {dq, dk, dv, dkb, dbias_output(dbias, bias, q)};
 }
 
 }  // namespace cuda

@@ -11,17 +11,17 @@ namespace attnzoo {
 namespace cuda {
 
 Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
-                     double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                     int64_t window) {
+                     double scale, ATTNZOO_MASK_PARAMS) {
   const char* op = "attnzoo.bilinear_fwd";
-  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, pooling, window, kCudaDtypes);
+  check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const auto kbc = contiguous_opt(key_bias);
+  const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
+  const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
   Tensor4 outs;
-  if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, valid_lens, mask, pooling, causal, window, outs)) return outs;
-  const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pooling, causal, window);
+  if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, mp, outs)) return outs;
   outs = empty_fwd_outputs(qc, v.size(2), pooling, q.scalar_type());
   ATTNZOO_DISPATCH_CUDA_DTYPES(q.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;

@@ -154,10 +154,14 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
   int64_t row[2];
   KeyRange kr[2];
   const bool* mrow[2];
+  const float* brow[2];  // positional terms (params.h)
+  const float slope = alibi_slope<float>(mp, b);
+  const bool positions = has_positions(mp);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = q0 + warp * 16 + g + 8 * h;
     kr[h] = query_row(mp, b, row[h], mrow[h]);
+    brow[h] = row[h] < Nq ? bias_row<float>(mp, b, row[h]) : nullptr;
     if (tig == 0) {
       ranges.lo[warp * 16 + g + 8 * h] = kr[h].lo;
       ranges.hi[warp * 16 + g + 8 * h] = kr[h].hi;
@@ -220,7 +224,9 @@ __global__ void __launch_bounds__(kMmaThreads) mma_fwd_kernel(const MmaFwdParams
         const int h = e >> 1;
         const int64_t j = j0 + nt * 8 + 2 * tig + (e & 1);
         const bool ok = full || (j >= kr[h].lo && j < kr[h].hi && mask_ok(mp, mrow[h], j));
-        s[nt][e] = ok ? s[nt][e] * p.scale + (KB ? to_float<BF16>(KB[j]) : 0.f) : -INFINITY;
+        float x = s[nt][e] * p.scale + (KB ? to_float<BF16>(KB[j]) : 0.f);
+        if (positions) x = with_positions<float>(mp, x, brow[h], slope, row[h], j);
+        s[nt][e] = ok ? x : -INFINITY;
       }
     }
     float alpha[2];
@@ -300,8 +306,8 @@ void launch(const MmaFwdParams& p, int64_t B) {
 }  // namespace
 
 bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
-                      double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                      int64_t window, Tensor4& result) {
+                      double scale, const MaskParams& mp, Tensor4& result) {
+  const int64_t pooling = mp.pooling;
   const auto dt = q.scalar_type();
   if (dt != at::kHalf && dt != at::kBFloat16) return false;
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
@@ -327,7 +333,7 @@ bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   p.scale = static_cast<float>(scale);
   p.Nq = Nq;
   p.Nk = Nk;
-  p.mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pooling, causal, window);
+  p.mp = mp;
   p.out = reinterpret_cast<uint16_t*>(out.mutable_data_ptr());
   p.lse = lse.mutable_data_ptr<float>();
   p.argmax = argmax.numel() ? argmax.mutable_data_ptr<int64_t>() : nullptr;

@@ -26,6 +26,7 @@ struct BwdParams {
   T* dx;                  // dq / da (B, Nq, D)
   T* dy;                  // dk / db (B, Nk, D)
   T* dv;                  // (B, Nk, Dv)
+  BiasGrad dbias;         // d loss / d bias (A), written by dq_kernel's first output chunk
   int z_begin;            // first chunk of [dk | dv] handled by this launch
 };
 
@@ -49,6 +50,9 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T,
   const T* DO = p.dout + qt.b * p.Nq * p.Dv;
   const T* Y = p.fam.y + qt.b * p.Nk * p.D;  // the keys' features, staged for dscore
   const Tile tile0{qt.b, qt.q0, p.Nq, 0, p.Nk};
+  const A* brow = qt.i < p.Nq ? bias_row<A>(p.mp, qt.b, qt.i) : nullptr;  // positional terms (params.h)
+  const A slope = alibi_slope<A>(p.mp, qt.b);
+  A* drow = p.dbias.d && blockIdx.z == 0 && qt.i < p.Nq ? dbias_row<A>(p.dbias, qt.b, qt.i) : nullptr;
 
   typename Family::template Grad<OC / 8> g;
   p.fam.template dscore_begin<false>(g, tile0, qt.oc0);
@@ -62,7 +66,18 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams<Family, T,
     for (int ii = 0; ii < NI; ++ii) {
       const int64_t j = j0 + qt.c8 + 8 * ii;
       A ds = 0;
-      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) ds = p.fam.dprofile(Pool::dscore(row, s[ii], dp[ii]), s[ii]);
+      if (j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)) {
+        // ds of the score with its positional terms; the family's profile gradient reads its own score
+        const A dst = Pool::dscore(row, with_positions<A>(p.mp, s[ii], brow, slope, qt.i, j), dp[ii]);
+        if (drow) {
+          A* d = drow + j * p.dbias.s_j;
+          if (p.dbias.shared)
+            atomicAdd(d, dst);
+          else
+            *d = dst;
+        }
+        ds = p.fam.dprofile(dst, s[ii]);
+      }
       sm.p[qt.r][qt.c8 + 8 * ii] = ds;
     }
     stage_rows<T, A, C, OC>(Y, j0, p.Nk, p.D, qt.oc0, sm.v);
@@ -85,6 +100,7 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
   const int64_t b = blockIdx.x / nKT, kt = blockIdx.x % nKT, k0 = kt * R;
   const int64_t j = k0 + r;  // this thread's key
   const MaskParams& mp = p.mp;
+  const A slope = alibi_slope<A>(mp, b);
   const int64_t nzk = max(int64_t(1), ceil_div(p.D, OC));  // chunks of dk (>= 1: dkey_bias lives in chunk 0)
   const int64_t z = static_cast<int64_t>(blockIdx.z) + p.z_begin;
   const bool is_dk = z < nzk;
@@ -146,11 +162,12 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
       const int ci = c8 + 8 * ii;
       const int64_t i = q0 + ci;
       const bool ok = j >= sLo[ci] && j < sHi[ci] && mask_ok(mp, mask_row(mp, b, i), j);
+      const A st = ok && need_s ? with_positions<A>(mp, s[ii], bias_row<A>(mp, b, i), slope, i, j) : s[ii];
       A val = 0;
       if (is_dk) {
-        if (ok) val = p.fam.dprofile(Pool::dscore(sRow[ci], s[ii], dp[ii]), s[ii]);
+        if (ok) val = p.fam.dprofile(Pool::dscore(sRow[ci], st, dp[ii]), s[ii]);
       } else {
-        val = Pool::dv_weight(sRow[ci], s[ii], j, ok);
+        val = Pool::dv_weight(sRow[ci], st, j, ok);
       }
       sm.p[r][ci] = val;
     }
@@ -179,13 +196,13 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(const BwdParams<Family, T
 }
 
 // Runs the generic backward of family policy `fam` (its inputs contiguous; its own outputs
-// zero-initialised) into the zero-initialised dx, dy, dv. grad_out, v and o_for_delta
+// zero-initialised) into the zero-initialised dx, dy, dv (and dbias.d, when set). grad_out, v and o_for_delta
 // (softmax_output) must be contiguous; grad_lse any layout. Call inside a dtype
 // dispatch (T = scalar_t).
 template <class Family, class T>
 void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& v,
                  const MaskParams& mp, const at::Tensor& o_for_delta, const at::Tensor& lse, const at::Tensor& argmax,
-                 at::Tensor& dx, at::Tensor& dy, at::Tensor& dv) {
+                 at::Tensor& dx, at::Tensor& dy, at::Tensor& dv, const BiasGrad& dbias) {
   using A = typename AccOf<T>::type;
   constexpr int OC = Cfg<A>::OC;
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk, D = fam.D, Dv = v.size(2);
@@ -214,13 +231,14 @@ void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor&
   p.dx = dx.mutable_data_ptr<T>();
   p.dy = dy.mutable_data_ptr<T>();
   p.dv = dv.mutable_data_ptr<T>();
+  p.dbias = dbias;
   const int64_t nzk = std::max<int64_t>(1, ceil_div(D, OC)), nzv = ceil_div(Dv, OC);
   TORCH_CHECK(B * std::max(nQT, nKT) < (int64_t(1) << 31) && nzk + nzv < 65536,
               "attnzoo: problem too large for the CUDA grid");
   dispatch_pooling(mp.pooling, [&](auto P) {
     using Pool = typename CudaPooling<decltype(P)::value, A>::type;
-    if constexpr (Pool::kTraits.score_grad) {  // dq / da
-      if (D > 0) {
+    if constexpr (Pool::kTraits.score_grad) {  // dq / da (and dbias)
+      if (D > 0 || dbias.d) {
         dim3 grid(static_cast<unsigned>(B * nQT), 1, static_cast<unsigned>(nzk));
         dq_kernel<Family, Pool, T, A><<<grid, kThreads, 0, stream>>>(p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

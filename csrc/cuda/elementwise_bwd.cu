@@ -8,17 +8,17 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
+Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
                         const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
-                        const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                        int64_t window, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& argmax,
-                        const at::Tensor& soft_out) {
+                        ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS) {
   const char* op = "attnzoo.elementwise_bwd";
-  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, pooling, window, kCudaDtypes);
+  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
-  const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, acc_type(a.scalar_type()));
+  const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pos, pooling, causal, window);
+  const BiasGradOut dbias = make_bias_grad(pos, bias_grad, a.size(0), a.size(1), b.size(1));
   const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
   const int64_t H = a.size(2);
@@ -32,11 +32,11 @@ Tensor4 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, c
       using Tile = ElementwiseTile<decltype(tc)::value, scalar_t, A>;
       const Tile fam{ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), H, wc.const_data_ptr<scalar_t>(),
                      with_dw ? dw_ws.mutable_data_ptr<A>() : nullptr, profile};
-      generic_bwd<Tile, scalar_t>(fam, grad_out.contiguous(), grad_lse, vc, mp, o, lse, argmax, da, db, dv);
+      generic_bwd<Tile, scalar_t>(fam, grad_out.contiguous(), grad_lse, vc, mp, o, lse, argmax, da, db, dv, dbias.g);
     });
   });
   const auto dw = with_dw ? dw_ws.sum(0).to(w.scalar_type()) : at::zeros_like(w);
-  return {da, db, dw, dv};
+  return {da, db, dw, dv, dbias_output(dbias, bias, a)};
 }
 
 }  // namespace cuda

@@ -10,14 +10,14 @@ namespace attnzoo {
 namespace cuda {
 
 Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                        int64_t term, int64_t profile, const OptTensor& valid_lens, const OptTensor& mask,
-                        int64_t pooling, bool causal, int64_t window) {
+                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS) {
   const char* op = "attnzoo.elementwise_fwd";
-  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, pooling, window, kCudaDtypes);
+  check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
-  const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pooling, causal, window);
+  const Positions pos = positions_acc(bias, alibi, acc_type(a.scalar_type()));
+  const auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pos, pooling, causal, window);
   auto outs = empty_fwd_outputs(ac, v.size(2), pooling, a.scalar_type());
   ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.elementwise_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;

@@ -70,6 +70,9 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<Family, T
   const KeySpan span = ranges.publish(qt.kr, qt.r, qt.c8 == 0, p.Nk);
 
   const T* V = p.v + qt.b * p.Nk * p.Dv;
+  const A* brow = qt.i < p.Nq ? bias_row<A>(p.mp, qt.b, qt.i) : nullptr;  // positional terms (params.h)
+  const A slope = alibi_slope<A>(p.mp, qt.b);
+  const bool positions = Pool::kTraits.scores && has_positions(p.mp);
 
   Pool pool;
   pool.init();
@@ -88,7 +91,10 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams<Family, T
 #pragma unroll
     for (int ii = 0; ii < NI; ++ii) {
       const int64_t j = j0 + qt.c8 + 8 * ii;
-      if (!(j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j))) s[ii] = neg_inf<A>();
+      if (!(j >= qt.kr.lo && j < qt.kr.hi && mask_ok(p.mp, qt.mrow, j)))
+        s[ii] = neg_inf<A>();
+      else if (positions)
+        s[ii] = with_positions<A>(p.mp, s[ii], brow, slope, qt.i, j);
     }
     const A alpha = pool.template weigh<NI>([&](int n) -> A& { return s[n]; },
                                             [&](int n) { return j0 + qt.c8 + 8 * n; }, RowLanes8{});

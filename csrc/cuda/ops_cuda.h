@@ -11,8 +11,7 @@ ATTNZOO_OP_DECLARATIONS
 // Returns false (and does nothing) when the shapes/dtype/device are not supported;
 // inputs must be contiguous.
 bool bilinear_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
-                      double scale, const OptTensor& valid_lens, const OptTensor& mask, int64_t pooling, bool causal,
-                      int64_t window, Tensor4& result);
+                      double scale, const MaskParams& mp, Tensor4& result);
 
 }  // namespace cuda
 }  // namespace attnzoo
