@@ -73,12 +73,17 @@ class PooledAttention(Attention):
 
     @property
     def capabilities(self) -> frozenset:
-        """Pooling name, ``bfloat16``, ``positional`` (causal or windowed), ``window``, plus the score's own."""
+        """Pooling name, ``bfloat16``, ``positional`` (causal, windowed or ALiBi), ``window``, ``alibi``, ``bias``
+        (takes ``bias=``), plus the score's own."""
         caps = {self.pooling} | set(getattr(self.score, "capabilities", ()))
         if "compact_support" not in caps:  # bfloat16 rounding moves points across a kernel's support edge
             caps.add("bfloat16")
         if self.causal or self.window is not None or self.alibi_slopes is not None:
             caps.add("positional")
+        if self.alibi_slopes is not None:
+            caps.add("alibi")
+        if self.takes_bias:
+            caps.add("bias")
         if self.window is not None:
             caps.add("window")
         return frozenset(caps)

@@ -186,7 +186,8 @@ def bench_variants(args, rates, t_scaled):
     q, k, v = (torch.randn(BH, N, d, device=DEV, dtype=torch.float16) for _ in range(3))
     scale = 1 / math.sqrt(d)
     t_ref = timeit(
-        lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 0, False, -1), iters=args.iters
+        lambda: torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, None, None, None, None, 0, False, -1),
+        iters=args.iters,
     )
     W = torch.randn(d, d, device=DEV, dtype=torch.float16) / math.sqrt(d)
 

@@ -11,7 +11,8 @@ from attnzoo.pooling import masked_softmax
 class Toy(attnzoo.Attention):
     """A correct scaled-dot soft attention with one parameter; subclasses break one thing."""
 
-    capabilities = frozenset({"soft", "bfloat16"})
+    capabilities = frozenset({"soft", "bfloat16", "bias"})
+    takes_bias = True
 
     def __init__(self):
         super().__init__()
@@ -23,6 +24,12 @@ class Toy(attnzoo.Attention):
     def weights(self, s, valid):
         return masked_softmax(s, valid)
 
+    def attend(self, q, k, v, spec, return_weights):
+        w = self.weights(spec.add_positions(self.scores(q, k)), spec.dense(q.device))
+        return w @ v, w
+
+
+class IgnoresBias(Toy):
     def attend(self, q, k, v, spec, return_weights):
         w = self.weights(self.scores(q, k), spec.dense(q.device))
         return w @ v, w
@@ -169,6 +176,7 @@ BROKEN = {
     "check_batch_dims": FlattensBatchWrongly,
     "check_valid_lens_equals_mask": FirstLengthOnly,
     "check_hard_ties": LastOnTies,
+    "check_bias_shifts_scores": IgnoresBias,
     "check_weights_pool_values": StaleWeights,
     "check_gradcheck": WrongGradient,
     "check_state_dict_roundtrip": UnsavedState,
@@ -183,7 +191,7 @@ REFERENCES = {"check_reference_formula": toy_reference}
 class BrokenPlugin:
     @attnzoo.hookimpl
     def attnzoo_register_variants(self, register):
-        register("toy", Toy, capabilities={"soft", "bfloat16"})
-        register("off_by_one_lengths", OffByOneLengths, capabilities={"soft", "bfloat16"})
+        register("toy", Toy, capabilities=Toy.capabilities)
+        register("off_by_one_lengths", OffByOneLengths, capabilities=Toy.capabilities)
         for check, cls in BROKEN.items():
             register(f"broken_{check.removeprefix('check_')}", cls, capabilities=cls.capabilities)

@@ -329,7 +329,8 @@ def test_nadaraya_watson_float32_accuracy():
     yk = torch.sin(xk)
     kb = -0.5 * w * w * xk.view(1, n) ** 2
     got = torch.ops.attnzoo.bilinear_fwd(x, xk, yk, kb, w * w, None, None, None, None, SOFT, False, -1)
-    want = ref.bilinear_fwd(x.double(), xk.double(), yk.double(), kb.double(), w * w, None, None, None, None, SOFT, False, -1)
+    want = ref.bilinear_fwd(x.double(), xk.double(), yk.double(), kb.double(), w * w, None, None, None, None, SOFT,
+                            False, -1)
     torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1].double(), want[1], atol=1e-5, rtol=1e-6)
 
@@ -505,7 +506,8 @@ def test_error_messages():
     with pytest.raises(RuntimeError, match=r"w must have shape \(H,\)"):
         torch.ops.attnzoo.elementwise_fwd(a, b, w[:4], v, 0, 0, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="mask must have shape"):
-        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, torch.ones(2, 3, 6, dtype=torch.bool), None, None, 0, False, -1)
+        torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 0, 0, None, torch.ones(2, 3, 6, dtype=torch.bool), None, None, 0,
+                                          False, -1)
     with pytest.raises(RuntimeError, match=r"term must be 0 \(tanh\), 1 \(abs_diff\) or 2 \(sq_diff\), got 3"):
         torch.ops.attnzoo.elementwise_fwd(a, b, w, v, 3, 0, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match=r"profile must be 0 \(identity\), 1 \(boxcar\) or 2 \(epanechnikov\)"):

@@ -255,7 +255,8 @@ def test_non_contiguous_inputs():
     q = torch.randn(2, 16, 33, generator=gen, dtype=torch.float64).transpose(1, 2)  # (2, 33, 16) strided
     k = torch.randn(2, 16, 40, generator=gen, dtype=torch.float64).transpose(1, 2)
     v = torch.randn(2, 40, 24, generator=gen, dtype=torch.float64)[:, :, ::2]
-    got = torch.ops.attnzoo.bilinear_fwd(q.to(DEV), k.to(DEV), v.to(DEV), None, 0.5, None, None, None, None, 0, False, -1)
+    got = torch.ops.attnzoo.bilinear_fwd(q.to(DEV), k.to(DEV), v.to(DEV), None, 0.5, None, None, None, None, 0, False,
+                                         -1)
     want = ref.bilinear_fwd(q, k, v, None, 0.5, None, None, None, None, 0, False, -1)
     _close(got[0], want[0], torch.float64, "out")
     _close(got[1], want[1], torch.float64, "lse")

@@ -48,6 +48,7 @@ SCHEMAS = {
     ),
     "elementwise_bwd": (
         f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
-        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv, Tensor dbias)"
+        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv, "
+        "Tensor dbias)"
     ),
 }

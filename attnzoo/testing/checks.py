@@ -305,9 +305,26 @@ def check_valid_lens_equals_mask(case: Case):
     _close(attn(q, k, v, valid_lens=per_query), attn(q, k, v, mask), "valid_lens (B, Nq) vs mask")
 
 
-@check(needs={"hard"})
+@check(needs={"bias"})
+def check_bias_shifts_scores(case: Case):
+    """A float ``bias=`` adds to the scores: -inf entries act as a False mask, and a bias constant over
+    each query's keys (offsets near 1e3) changes nothing."""
+    attn = case.make()
+    q, k, v = case.inputs()
+    g = torch.Generator().manual_seed(9)
+    mask = torch.rand(NQ, NK, generator=g) > 0.4
+    mask[:, 0] = True
+    bias = torch.zeros(NQ, NK, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+    _close(attn(q, k, v, bias=bias), attn(q, k, v, mask), "bias of -inf vs the same bool mask")
+    rows = (1000 + 50 * torch.randn(NQ, 1, generator=g, dtype=torch.float64)).to(q.dtype)
+    _close(attn(q, k, v, bias=rows.expand(NQ, NK)), attn(q, k, v), "a bias constant per query row vs none",
+           atol=1e-9)
+
+
+@check(needs={"hard"}, skips={"alibi"})
 def check_hard_ties(case: Case):
-    """Hard attention breaks ties at the first valid key: all keys equal -> one-hot at the first unmasked one."""
+    """Hard attention breaks ties at the first valid key: all keys equal -> one-hot at the first unmasked one
+    (not under ALiBi, whose scores of equal keys differ by position)."""
     attn = case.make()
     g = torch.Generator().manual_seed(5)
     q = torch.randint(-2, 3, (B, NQ, DQ), generator=g).double()
