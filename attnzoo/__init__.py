@@ -88,9 +88,9 @@ def from_torch(mha, **options):
     return _from_torch(mha, **options)
 
 
-def explain(attn: Attention, query, key, value, mask=None, *, valid_lens=None) -> str:
+def explain(attn: Attention, query, key, value, mask=None, *, valid_lens=None, bias=None) -> str:
     """Which backend ``attn`` would use for these inputs, and why."""
-    return attn.explain(query, key, value, mask, valid_lens=valid_lens)
+    return attn.explain(query, key, value, mask, valid_lens=valid_lens, bias=bias)
 
 
 __all__ = [

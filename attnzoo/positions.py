@@ -15,6 +15,8 @@ instead), a single head ``alibi_slope`` (default ``2^-8``, the formula's ``H = 1
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -54,15 +56,24 @@ def check_position(position, rope_base, allowed: tuple = (None, "rope")) -> None
         raise ValueError(f"rope_base: expected a number > 1, got {rope_base!r}")
 
 
+@functools.lru_cache(maxsize=32)
+def _rope_table(n: int, d: int, base: float, offset: int, device: torch.device, dtype: torch.dtype):
+    """cos and sin of the angles ``(offset + 0 .. n-1) x base^(-2j/d)``, ``(n, d/2)``: computed in float64 and
+    rounded once to ``dtype`` (cached: a model calls it with the same sizes every step)."""
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, also when first built in inference
+        inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)  # (d/2,)
+        pos = torch.arange(offset, offset + n, dtype=torch.float64, device=device)
+        ang = torch.outer(pos, inv)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
 def rope(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
     """``x (..., N, d)`` rotated at positions ``offset .. offset + N - 1`` (d even); the angles are
     computed in float64 and rounded once to ``x``'s dtype."""
     d = x.shape[-1]
     if d % 2:
         raise ValueError(f"position='rope': needs an even feature dim, got {d} (shape {tuple(x.shape)})")
-    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)  # (d/2,)
-    pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
-    ang = torch.outer(pos, inv)  # (N, d/2): the angles of both halves
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    table = _rope_table.__wrapped__ if torch.compiler.is_compiling() else _rope_table
+    cos, sin = table(x.shape[-2], d, float(base), int(offset), x.device, x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)

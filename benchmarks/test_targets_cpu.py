@@ -360,15 +360,25 @@ def test_blockwise_memory_4096():
     assert extra < 512 * 2**20, f"blockwise N=4096: peak RSS delta {extra / 2**20:.0f} MiB >= 512 MiB"
 
 
-# --- rotary positions: scaled_dot with position="rope" against plain, fused, (1, 8, 2048, 64) -----------
-@pytest.mark.parametrize("position", [None, "rope"])
-def test_rope_overhead(benchmark, position):
+# --- positions: scaled_dot with position="rope", ALiBi (a slope per head), a (H, N, N) bias, fused ---------
+@pytest.mark.parametrize("position", [None, "rope", "alibi", "bias"])
+def test_position_overhead(benchmark, position):
     import attnzoo
+    from attnzoo.positions import alibi_slopes
+    from attnzoo.variants import PooledAttention
 
     benchmark.group = "scaled_dot module, (1, 8, 2048, 64)"
     q, k, v = qkv(2048)
-    attn = attnzoo.create("scaled_dot", position=position, backend="fused")
-    run(benchmark, f"sdp_module_{position or 'plain'}_2048", lambda: attn(q, k, v), rounds=5)
+    kw = {}
+    if position == "alibi":  # the heads are the batch dim: one slope each, 2^(-8h/8)
+        score = attnzoo.registry_instance().score("scaled_dot").cls()
+        attn = PooledAttention(score, "soft", alibi=alibi_slopes(8), backend="fused")
+    else:
+        attn = attnzoo.create("scaled_dot", position=position if position == "rope" else None, backend="fused")
+    if position == "bias":  # T5-style: one (N, N) bias per head, read in place
+        kw["bias"] = torch.randn(8, 2048, 2048)
+    with torch.no_grad():
+        run(benchmark, f"sdp_module_{position or 'plain'}_2048", lambda: attn(q, k, v, **kw), rounds=5)
 
 
 # --- targets --------------------------------------------------------------------------------------
@@ -384,11 +394,13 @@ TARGETS = [
     ("laplace fused / reference N=1024", "laplace_fused_1024", "laplace_reference_1024", 1 / 20),
     ("forward-only blockwise / reference N=1024", "fwdonly_blockwise_1024", "fwdonly_reference_1024", 2.0),
     ("rope / plain scaled_dot module N=2048", "sdp_module_rope_2048", "sdp_module_plain_2048", 1.15),
+    ("alibi / plain scaled_dot module N=2048", "sdp_module_alibi_2048", "sdp_module_plain_2048", 1.15),
 ]
 
 
 # Informational ratios (no bound): the run-time dispatched ISA against forced AVX2.
 INFO = [
+    ("(8, N, N) bias / plain scaled_dot N=2048", "sdp_module_bias_2048", "sdp_module_plain_2048"),
     ("additive fused AVX2 / d2l eager N=1024", "additive_fwd_fused_avx2_1024", "additive_fwd_eager_1024"),
     ("additive fused default / AVX2 N=1024", "additive_fwd_fused_1024", "additive_fwd_fused_avx2_1024"),
 ]

@@ -139,7 +139,10 @@ def _fwd(family, tensors, scale, margs, device_fn):
     return t, (*t, *margs)
 
 
-def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20, with_bias=True, seed=0):
+def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20, with_bias=True, seed=0,
+              positions=None):
+    """positions: None, or the float bias's kind ("shared": (1, 1, Nq, Nk) over the batch, the atomic dbias;
+    "full": (B, Nq, Nk)), with ALiBi slopes."""
     gen = torch.Generator().manual_seed(seed)
     tensors = _inputs(family, dtype, B, Nq, Nk, D, Dv, with_bias, gen)
     vl, mask, causal, window = _mask_args(B, Nq, Nk, mask_kind, gen)
@@ -147,8 +150,13 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     pool = POOLINGS[pooling]
     fwd_op, ref_fwd, bwd_op, ref_bwd = _ops(family)
 
-    margs_d = (_dev(vl), _dev(mask), None, None, pool, causal, window)
-    margs_c = (vl, mask, None, None, pool, causal, window)
+    bias = alibi = None
+    if positions is not None:
+        bias = torch.randn(*((1, 1, Nq, Nk) if positions == "shared" else (B, Nq, Nk)), generator=gen).to(dtype)
+        alibi = torch.linspace(0.05, 0.5, B).to(dtype)
+    bias_grad = bias is not None
+    margs_d = (_dev(vl), _dev(mask), _dev(bias), _dev(alibi), pool, causal, window)
+    margs_c = (vl, mask, _cpu64(bias), _cpu64(alibi), pool, causal, window)
     td, args_d = _fwd(family, tensors, scale, margs_d, _dev)
     tc, args_c = _fwd(family, tensors, scale, margs_c, _cpu64)
     got = fwd_op(*args_d)
@@ -170,13 +178,14 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     grad_out = torch.randn(B, Nq, Dv_, generator=gen).to(dtype)
     grad_lse = torch.randn(B, Nq, generator=gen).to(ref.acc_dtype(dtype))
     if family == "bilinear":
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, False, *got)
-        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), tc[0], tc[1], tc[2], tc[3], scale, *margs_c, False, *want)
-        names = ("dq", "dk", "dv", "dkey_bias")
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, bias_grad, *got)
+        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), tc[0], tc[1], tc[2], tc[3], scale, *margs_c, bias_grad,
+                     *want)
+        names = ("dq", "dk", "dv", "dkey_bias", "dbias")
     else:
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, False, *got)
-        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, False, *want)
-        names = ("da", "db", "dw", "dv")
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, bias_grad, *got)
+        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, bias_grad, *want)
+        names = ("da", "db", "dw", "dv", "dbias")
     for name, g, w in zip(names, gd, gw, strict=True):
         assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
         if g.numel():
@@ -185,6 +194,15 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
 
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+# float16 at D = Dv = 64: the tensor-core forward adds the positional terms too
+@pytest.mark.parametrize("dtype, D", [(torch.float64, 24), (torch.float32, 24), (torch.float16, 64)], ids=str)
+@pytest.mark.parametrize("positions", ["shared", "full"])
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_positions_against_reference(family, pooling, positions, dtype, D):
+    _run_case(family, dtype, pooling, "all", D=D, Dv=D, positions=positions)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

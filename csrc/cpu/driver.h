@@ -56,9 +56,10 @@ void add_positions(const MaskParams& mp, T* s, int64_t a, int64_t e, int64_t b, 
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
   const T* br = bias_row<T>(mp, b, i);
-  const V mv(alibi_slope<T>(mp, b)), iv(static_cast<T>(i));
+  const V mv(alibi_slope<T>(mp, b)), iv(static_cast<T>(i)), step(static_cast<T>(W));
+  V jv = V::arange(static_cast<T>(j0 + a), T(1));  // the keys' positions
   T tmp[W];
-  for (int64_t j = a; j < e; j += W) {
+  for (int64_t j = a; j < e; j += W, jv = jv + step) {
     const int64_t n = std::min<int64_t>(W, e - j);
     V x = V::loadu(s + j, n);
     if (br) {
@@ -70,7 +71,7 @@ void add_positions(const MaskParams& mp, T* s, int64_t a, int64_t e, int64_t b, 
         x = x + V::loadu(tmp, n);
       }
     }
-    if (mp.alibi) x = x - mv * (iv - V::arange(static_cast<T>(j0 + j), T(1))).abs();
+    if (mp.alibi) x = x - mv * (iv - jv).abs();
     x.store(s + j, n);
   }
 }
