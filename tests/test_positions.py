@@ -83,3 +83,16 @@ def test_bad_options_name_the_argument():
         attnzoo.create("scaled_dot", scale=-1.0)
     with pytest.raises(ValueError, match="position='rope': needs an even feature dim, got 3"):
         attnzoo.create("dot", position="rope")(torch.randn(1, 2, 3), torch.randn(1, 2, 3), torch.randn(1, 2, 3))
+
+
+def test_rope_tables_are_cached_and_plain_tensors():
+    """The cos/sin tables are built once per size; one first built under inference_mode still trains."""
+    from attnzoo.positions import _rope_table, rope
+
+    _rope_table.cache_clear()
+    x = torch.randn(2, 13, 6, dtype=torch.float64)
+    with torch.inference_mode():
+        rope(x)
+    y = x.clone().requires_grad_()
+    rope(y).sum().backward()  # an inference tensor saved for backward would raise here
+    assert y.grad is not None and _rope_table.cache_info().hits >= 1
