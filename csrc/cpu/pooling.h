@@ -78,7 +78,7 @@ struct SoftmaxFwd {
     vfill(s + e, nk - e, T(0));
     const T sum = exp_sub_sum(s + a, e - a, mn);
     if (mn != m[r]) {
-      const T alpha = m[r] == ninf ? T(0) : std::exp(m[r] - mn);
+      const T alpha = m[r] == ninf || m[r] - mn < kLogTiny<T> ? T(0) : std::exp(m[r] - mn);
       if (l[r] != 0) vscale(acc, o.Dv, alpha);
       l[r] *= alpha;
       m[r] = mn;

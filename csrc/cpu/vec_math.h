@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "cpu/isa.h"
 
@@ -64,23 +65,31 @@ inline T vdot(const T* x, const T* y, int64_t n) {
   return s;
 }
 
-// x = exp(x - m) in place (x may hold -inf), returns the sum.
+// Weights below exp(kLogTiny) of the row's largest are 0 (float: 1e-30, double: the smallest normal):
+// nothing next to the >= 1 of the row maximum, even summed over 1e9 keys, while subnormal weights,
+// products of them (ds = p (dp - D)) and accumulators rescaled by them would slow the GEMMs many
+// times over (scores spread far below the maximum, e.g. ALiBi's at long distances).
+template <typename T>
+constexpr T kLogTiny = std::is_same_v<T, float> ? T(-69.0f) : T(-708.3964185322641);
+
+// x = exp(x - m) in place (x may hold -inf), returns the sum; exp(x - m) < exp(kLogTiny) gives 0.
 template <typename T>
 inline T exp_sub_sum(T* x, int64_t n, T m) {
   using V = Vectorized<T>;
   V acc(T(0)), mv(m);
-  const V ninf(-std::numeric_limits<T>::infinity());
+  const V ninf(-std::numeric_limits<T>::infinity()), lo(kLogTiny<T>);
   int64_t j = 0;
   for (; j + V::size() <= n; j += V::size()) {
-    const V xv = V::loadu(x + j);
-    // exp_u20 is not guaranteed to give 0 at -inf: select explicitly.
-    const V e = V::blendv(vexp(xv - mv), V(T(0)), xv == ninf);
+    const V xv = V::loadu(x + j), d = xv - mv;
+    // exp_u20 is not guaranteed to give 0 at -inf: select explicitly (NaN stays NaN).
+    const V e = V::blendv(vexp(d), V(T(0)), (xv == ninf) | (d < lo));
     e.store(x + j);
     acc = acc + e;
   }
   T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
   for (; j < n; ++j) {
-    x[j] = std::exp(x[j] - m);
+    const T d = x[j] - m;
+    x[j] = d < kLogTiny<T> ? T(0) : std::exp(d);
     s += x[j];
   }
   return s;
