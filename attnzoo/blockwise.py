@@ -35,8 +35,7 @@ def _blocks(n: int):
 def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor, spec, i0: int, j0: int) -> Tensor:
     s = score(q, k)
     check(s, q, k)
-    if spec is not None and spec.has_positions:  # (queries i0 .., keys j0 ..)
-        s = spec.add_positions(s, i0, j0)
+    s = spec.add_positions(s, i0, j0)  # (queries i0 .., keys j0 ..)
     return s.masked_fill(~valid, float("-inf"))
 
 
@@ -127,12 +126,12 @@ class _Blockwise(torch.autograd.Function):
 
 
 def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, valid: Tensor,
-           spec=None) -> Tensor:
+           spec) -> Tensor:
     """Pool the score's weights over ``valid`` keys blockwise (``pooling``: soft or hard); returns out.
 
     ``check(scores, query_block, key_block)`` validates what the score returns for each pair; ``spec``
     (a :class:`~attnzoo.masks.MaskSpec`) adds its positional terms (bias, ALiBi) to each block's scores."""
     params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
-    if spec is not None and spec.bias is not None and spec.bias.requires_grad:
+    if spec.bias is not None and spec.bias.requires_grad:
         params = (*params, spec.bias)  # its gradient: through each block's slice of it, like a parameter's
     return _Blockwise.apply(score, check, pooling == "hard", spec, query, key, value, valid, *params)

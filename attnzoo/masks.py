@@ -52,10 +52,6 @@ class MaskSpec:
         """Add a variant's ALiBi slopes (broadcastable to ``batch``)."""
         return self if slopes is None else replace(self, alibi=slopes)
 
-    @property
-    def has_positions(self) -> bool:
-        return self.bias is not None or self.alibi is not None
-
     def add_positions(self, scores: Tensor, i0: int = 0, j0: int = 0) -> Tensor:
         """``(s + bias) - m |i - j|`` for the scores ``(..., bq, bk)`` of queries ``i0 ..`` and keys ``j0 ..``
         (the kernels' order of operations), in the scores' dtype."""

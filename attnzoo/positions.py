@@ -20,7 +20,7 @@ import functools
 import torch
 from torch import Tensor
 
-POSITIONS = (None, "rope", "alibi")
+SCORE_POSITIONS = (None, "rope")  # a score's (rotary); ALiBi belongs to the pooling
 DEFAULT_ALIBI_SLOPE = 2.0**-8
 
 
@@ -31,27 +31,26 @@ def alibi_slopes(num_heads: int) -> list[float]:
 
 def alibi_slopes_tensor(alibi) -> Tensor:
     """ALiBi slopes (a number, or a sequence of one per head) as a float64 tensor; finite numbers only."""
-    t = torch.as_tensor(alibi, dtype=torch.float64)
-    if t.dim() > 1 or not bool(torch.isfinite(t).all()):
+    bad = isinstance(alibi, bool) or (isinstance(alibi, (list, tuple)) and any(isinstance(m, bool) for m in alibi))
+    try:
+        t = torch.as_tensor(alibi, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        bad = True
+    if bad or t.dim() > 1 or not bool(torch.isfinite(t).all()):
         raise ValueError(f"alibi_slope: expected a finite number (or one per head), got {alibi!r}")
     return t
 
 
 def check_alibi_slope(position, alibi_slope) -> None:
-    """``alibi_slope`` is an option of ``position="alibi"`` only, and a finite number."""
-    if alibi_slope is None:
-        return
-    if position != "alibi":
+    """``alibi_slope`` is an option of ``position="alibi"`` only (its value: :func:`alibi_slopes_tensor`)."""
+    if alibi_slope is not None and position != "alibi":
         raise ValueError(f"alibi_slope: only with position='alibi', got position={position!r}")
-    if isinstance(alibi_slope, bool) or not isinstance(alibi_slope, (int, float)) or alibi_slope != alibi_slope \
-            or abs(alibi_slope) == float("inf"):
-        raise ValueError(f"alibi_slope: expected a finite number, got {alibi_slope!r}")
 
 
-def check_position(position, rope_base, allowed: tuple = (None, "rope")) -> None:
-    """``position`` one of ``allowed`` (a score's: rotary only; ALiBi belongs to the pooling) and ``rope_base``."""
-    if position not in allowed:
-        raise ValueError(f"position: got {position!r}, expected one of {allowed}")
+def check_position(position, rope_base) -> None:
+    """A score's ``position`` (:data:`SCORE_POSITIONS`) and ``rope_base``."""
+    if position not in SCORE_POSITIONS:
+        raise ValueError(f"position: got {position!r}, expected one of {SCORE_POSITIONS}")
     if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or not rope_base > 1:
         raise ValueError(f"rope_base: expected a number > 1, got {rope_base!r}")
 

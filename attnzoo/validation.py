@@ -66,6 +66,15 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         )
 
 
+def _check_broadcasts(name: str, t: Tensor, full: tuple[int, ...], names: str = "") -> None:
+    """``t``'s shape broadcasts to exactly ``full`` (``names`` spells it, e.g. ``"(..., Nq, Nk) = "``)."""
+    try:
+        if torch.broadcast_shapes(t.shape, full) != torch.Size(full):
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"{name}: shape {_shape(t)} does not broadcast to {names}{full}") from None
+
+
 def check_bias(bias, query: Tensor, full: tuple[int, ...]) -> None:
     """``bias``: a dense float tensor in the query's dtype and device, broadcastable to ``full``."""
     if not isinstance(bias, Tensor) or not bias.is_floating_point():
@@ -76,11 +85,7 @@ def check_bias(bias, query: Tensor, full: tuple[int, ...]) -> None:
         raise TypeError(f"bias: dtype {bias.dtype} differs from query's {query.dtype}; pass it in the inputs' dtype")
     if bias.device != query.device:
         raise ValueError(f"bias: on device {bias.device}, query on {query.device}")
-    try:
-        if torch.broadcast_shapes(bias.shape, full) != torch.Size(full):
-            raise RuntimeError
-    except RuntimeError:
-        raise ValueError(f"bias: shape {_shape(bias)} does not broadcast to {full}") from None
+    _check_broadcasts("bias", bias, full)
 
 
 def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None, bias=None,
@@ -98,13 +103,7 @@ def mask_spec(query: Tensor, key: Tensor, mask=None, valid_lens=None, bias=None,
         _check_dense("mask", mask)
         if mask.device != query.device:
             raise ValueError(f"mask: on device {mask.device}, query on {query.device}")
-        try:
-            if torch.broadcast_shapes(mask.shape, full) != torch.Size(full):
-                raise RuntimeError
-        except RuntimeError:
-            raise ValueError(
-                f"mask: shape {_shape(mask)} does not broadcast to (..., Nq, Nk) = {full}"
-            ) from None
+        _check_broadcasts("mask", mask, full, "(..., Nq, Nk) = ")
     if valid_lens is not None:
         if not isinstance(valid_lens, Tensor):
             valid_lens = torch.as_tensor(valid_lens, device=query.device)

@@ -29,7 +29,8 @@ def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
     return MaskSpec((B,), Nq, Nk, valid_lens, mask, causal, window).dense(device)
 
 
-def _bias_4d(bias: Tensor) -> Tensor:
+def _as_4d(bias: Tensor) -> Tensor:
+    """The ops' bias (B1, B2, Nq, Nk), given 3-D as (B, Nq, Nk)."""
     return bias.unsqueeze(1) if bias.dim() == 3 else bias
 
 
@@ -44,7 +45,7 @@ def add_positions(s: Tensor, bias, alibi) -> Tensor:
     """``(s + bias) - alibi_b |i - j|`` for scores ``s`` (B, Nq, Nk) and the ops' ``bias`` / ``alibi``."""
     B, Nq, Nk = s.shape
     if bias is not None:
-        b4 = _bias_4d(bias)
+        b4 = _as_4d(bias)
         B2 = _inner(b4, B)
         s = s + b4.to(s.dtype).expand(B // B2 if B2 else 0, B2, Nq, Nk).reshape(B, Nq, Nk)
     if alibi is not None:
@@ -58,7 +59,7 @@ def _dbias(ds: Tensor, bias, bias_grad: bool, like: Tensor) -> Tensor:
     """The ops' ``dbias``: ``ds`` summed over the bias's size-1 dims, in its shape and dtype (else empty)."""
     if bias is None or not bias_grad:
         return like.new_empty(0)
-    b4 = _bias_4d(bias)
+    b4 = _as_4d(bias)
     B, Nq, Nk = ds.shape
     B2 = _inner(b4, B)
     full = ds.reshape(B // B2 if B2 else 0, B2, Nq, Nk)
