@@ -13,6 +13,7 @@ from .errors import AttnzooError, DuplicateNameError, PluginLoadWarning, Unknown
 from .hookspecs import hookimpl, hookspec
 from .interface import Attention
 from .masks import MaskSpec
+from .measures import entropy
 from .registry import PluginFailure, Registry, ScoreInfo, VariantInfo, accepted_options, check_options
 
 __version__ = "0.1.0"
@@ -105,6 +106,7 @@ __all__ = [
     "UnknownNameError",
     "VariantInfo",
     "create",
+    "entropy",
     "explain",
     "from_torch",
     "hookimpl",

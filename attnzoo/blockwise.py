@@ -6,7 +6,13 @@ softmax / arg-max over key chunks in eager PyTorch, calling the score's own ``fo
 ``O(Nq x Nk x D)``. The backward recomputes each pair's scores from the saved log-sum-exp (as the
 fused kernels do) and back-propagates ``dS`` through the score with ``torch.autograd.grad``: nothing
 of size ``Nq x Nk`` is stored. Shapes: query ``(..., Nq, Dq)``, key ``(..., Nk, Dk)``, value
-``(..., Nk, Dv)``, valid ``(..., Nq, Nk)`` bool; out ``(..., Nq, Dv)``.
+``(..., Nk, Dv)``; which pairs take part comes from the call's :class:`~attnzoo.masks.MaskSpec`, one block at
+a time; out ``(..., Nq, Dv)``.
+
+With ``entropy=True`` the same pass also returns the soft weights' entropy ``H_i = -sum_j w_ij log w_ij``
+``(..., Nq)`` from the running sum ``t = sum_j exp(s_ij - m_i) (s_ij - m_i)`` beside ``l = sum_j exp(s_ij - m_i)``:
+``H_i = log l - t / l`` (relative to the running max ``m_i``: no cancellation for un-centred scores), and its
+gradient ``dH_i / ds_ij = -w_ij (s_ij - lse_i + H_i)`` joins ``dS`` in the backward.
 """
 
 from __future__ import annotations
@@ -32,26 +38,28 @@ def _blocks(n: int):
     return [(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
 
 
-def _scores(score, check, q: Tensor, k: Tensor, valid: Tensor, spec, i0: int, j0: int) -> Tensor:
+def _scores(score, check, q: Tensor, k: Tensor, spec, i0: int, j0: int) -> Tensor:
+    """The masked scores (``-inf`` where a pair takes no part) of queries ``i0 ..`` and keys ``j0 ..``."""
     s = score(q, k)
     check(s, q, k)
-    s = spec.add_positions(s, i0, j0)  # (queries i0 .., keys j0 ..)
-    return s.masked_fill(~valid, float("-inf"))
+    s = spec.add_positions(s, i0, j0)
+    return s.masked_fill(~spec.block(i0, i0 + q.shape[-2], j0, j0 + k.shape[-2], q.device), float("-inf"))
 
 
-def _forward(score, check, hard: bool, query, key, value, valid, spec):
+def _forward(score, check, hard: bool, query, key, value, spec, entropy: bool = False):
     acc = acc_dtype(query.dtype)
     batch, nq, dv = query.shape[:-2], query.shape[-2], value.shape[-1]
-    outs, lses, args = [], [], []
+    outs, lses, args, ents = [], [], [], []
     for i0, i1 in _blocks(nq):
         qb, nb = query[..., i0:i1, :], i1 - i0
         m = query.new_full((*batch, nb), float("-inf"), dtype=acc)
         l = query.new_zeros((*batch, nb), dtype=acc)  # noqa: E741
+        t = query.new_zeros((*batch, nb), dtype=acc)  # sum_j exp(s_j - m) (s_j - m)
         o = query.new_zeros((*batch, nb, dv), dtype=acc)
         best = m.clone()
         arg = torch.full((*batch, nb), -1, dtype=torch.long, device=query.device)
         for j0, j1 in _blocks(key.shape[-2]):
-            s = _scores(score, check, qb, key[..., j0:j1, :], valid[..., i0:i1, j0:j1], spec, i0, j0).to(acc)
+            s = _scores(score, check, qb, key[..., j0:j1, :], spec, i0, j0).to(acc)
             bm = s.amax(-1)
             if hard:  # strictly greater: an earlier chunk keeps a tie (first index, as torch.argmax)
                 up = bm > best
@@ -59,7 +67,11 @@ def _forward(score, check, hard: bool, query, key, value, valid, spec):
             mn = torch.maximum(m, bm)
             shift = torch.where(torch.isneginf(mn), 0.0, mn)
             alpha = torch.exp(m - shift)
-            p = torch.exp(s - shift.unsqueeze(-1))
+            z = s - shift.unsqueeze(-1)
+            p = torch.exp(z)
+            if entropy:  # t relative to the new max: sum exp(s - m_old)(s - m_old + m_old - m_new), rescaled
+                moved = torch.where(l == 0, 0.0, m - shift)
+                t = alpha * (t + moved * l) + (p * torch.where(p > 0, z, 0.0)).sum(-1)
             l = l * alpha + p.sum(-1)  # noqa: E741
             o = o * alpha.unsqueeze(-1) + p @ value[..., j0:j1, :].to(acc)
             m = mn
@@ -67,31 +79,40 @@ def _forward(score, check, hard: bool, query, key, value, valid, spec):
         lses.append(torch.where(empty, float("-inf"), m + torch.log(l)))
         outs.append(torch.where(empty.unsqueeze(-1), 0.0, o / l.unsqueeze(-1)))
         args.append(torch.where(empty, -1, arg))
-    return torch.cat(outs, -2), torch.cat(lses, -1), torch.cat(args, -1)
+        if entropy:
+            ents.append(torch.where(empty, 0.0, torch.log(l) - t / l))
+    return torch.cat(outs, -2), torch.cat(lses, -1), torch.cat(args, -1), (torch.cat(ents, -1) if entropy else None)
 
 
 class _Blockwise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, score, check, hard, spec, query, key, value, valid, *params):
+    def forward(ctx, score, check, hard, entropy, spec, query, key, value, *params):
         with torch.no_grad():
-            soft_out, lse, argmax = _forward(score, check, hard, query, key, value, valid, spec)
+            soft_out, lse, argmax, ent = _forward(score, check, hard, query, key, value, spec, entropy)
         ctx.score, ctx.check, ctx.hard, ctx.spec, ctx.n_params = score, check, hard, spec, len(params)
-        ctx.save_for_backward(query, key, value, valid, soft_out, lse, argmax, *params)
+        ctx.entropy = entropy
+        ctx.save_for_backward(query, key, value, soft_out, lse, argmax, ent, *params)
         if hard:
             picked = value.gather(-2, argmax.clamp_min(0).unsqueeze(-1).expand(*argmax.shape, value.shape[-1]))
             out = torch.where((argmax >= 0).unsqueeze(-1), picked, 0.0)
-            return torch.where(soft_out.isnan(), soft_out, out.to(soft_out.dtype)).to(value.dtype)
-        return soft_out.to(value.dtype)
+            out = torch.where(soft_out.isnan(), soft_out, out.to(soft_out.dtype)).to(value.dtype)
+        else:
+            out = soft_out.to(value.dtype)
+        return (out, ent.to(value.dtype)) if entropy else out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_ent=None):
         if torch.is_grad_enabled():  # create_graph=True: an error, never a silently missing second-order term
             raise NotImplementedError("attnzoo: second derivatives through the blockwise backend are not "
                                       "implemented; use backend='reference' for double backward")
-        query, key, value, valid, soft_out, lse, argmax, *params = ctx.saved_tensors
+        query, key, value, soft_out, lse, argmax, ent, *params = ctx.saved_tensors
         acc = lse.dtype
         g = grad_out.to(acc)
         delta = (g * soft_out).sum(-1)  # D_i = dO_i . o_i, o the softmax output (straight-through for hard)
+        gh = None
+        if ctx.entropy and grad_ent is not None:  # dS += -gH w (s - lse + H): the per-row part folds into D
+            gh = grad_ent.to(acc)
+            delta = delta + gh * ent
         lse_safe = torch.where(torch.isneginf(lse), 0.0, lse)
         dq, dk = torch.zeros_like(query, dtype=acc), torch.zeros_like(key, dtype=acc)
         dv = torch.zeros_like(value, dtype=acc)
@@ -102,9 +123,9 @@ class _Blockwise(torch.autograd.Function):
                 qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
                 kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
                 with torch.enable_grad():
-                    s = _scores(ctx.score, ctx.check, qb, kb, valid[..., i0:i1, j0:j1], ctx.spec, i0, j0)
-                sd = s.detach().to(acc)
-                p = torch.exp(sd - lse_safe[..., i0:i1].unsqueeze(-1))  # 0 at masked keys; NaN rows stay NaN
+                    s = _scores(ctx.score, ctx.check, qb, kb, ctx.spec, i0, j0)
+                z = s.detach().to(acc) - lse_safe[..., i0:i1].unsqueeze(-1)
+                p = torch.exp(z)  # 0 at masked keys; NaN rows stay NaN
                 vc = value[..., j0:j1, :].to(acc)
                 if ctx.hard:
                     am = argmax[..., i0:i1]
@@ -112,7 +133,10 @@ class _Blockwise(torch.autograd.Function):
                     dv[..., j0:j1, :] += hit.transpose(-1, -2) @ gb
                 else:
                     dv[..., j0:j1, :] += p.transpose(-1, -2) @ gb
-                ds = p * (gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1))
+                dp = gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1)
+                if gh is not None:
+                    dp = dp - gh[..., i0:i1].unsqueeze(-1) * torch.where(p > 0, z, 0.0)
+                ds = p * dp
                 # each input that needs a gradient, with where its gradient accumulates (views, params)
                 pairs = ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :]), *zip(params, dparams, strict=True))
                 targets = [(x, d) for x, d in pairs if x.requires_grad]
@@ -122,16 +146,18 @@ class _Blockwise(torch.autograd.Function):
                 for (_, d), gx in zip(targets, grads, strict=True):
                     if gx is not None:
                         d += gx
-        return (None, None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, *dparams)
+        return (None, None, None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), *dparams)
 
 
-def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, valid: Tensor,
-           spec) -> Tensor:
-    """Pool the score's weights over ``valid`` keys blockwise (``pooling``: soft or hard); returns out.
+def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor, spec, entropy: bool = False):
+    """Pool the score's weights over the keys ``spec`` lets take part, blockwise (``pooling``: soft or hard);
+    returns out, and with ``entropy`` (soft only) ``(out, H)``.
 
     ``check(scores, query_block, key_block)`` validates what the score returns for each pair; ``spec``
-    (a :class:`~attnzoo.masks.MaskSpec`) adds its positional terms (bias, ALiBi) to each block's scores."""
+    (a :class:`~attnzoo.masks.MaskSpec`) gives each block's mask and adds its positional terms (bias, ALiBi)."""
+    if entropy and pooling != "soft":
+        raise ValueError(f"entropy: the blockwise pass computes the soft weights' entropy, got pooling={pooling!r}")
     params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
     if spec.bias is not None and spec.bias.requires_grad:
         params = (*params, spec.bias)  # its gradient: through each block's slice of it, like a parameter's
-    return _Blockwise.apply(score, check, pooling == "hard", spec, query, key, value, valid, *params)
+    return _Blockwise.apply(score, check, pooling == "hard", entropy, spec, query, key, value, *params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .masks import MaskSpec
+from .measures import weights_entropy
 from .validation import check_qkv, mask_spec
 
 
@@ -15,7 +16,9 @@ class Attention(nn.Module):
     query ``(..., Nq, Dq)``, key ``(..., Nk, Dk)``, value ``(..., Nk, Dv)`` returns
     ``(..., Nq, Dv)`` (:meth:`output_dim` says when it differs).
     ``return_weights=True`` also returns the weights ``(..., Nq, Nk)``
-    (multi-head: ``(..., H, Nq, Nk)``). Masks: see :mod:`attnzoo.masks`; a query
+    (multi-head: ``(..., H, Nq, Nk)``), ``return_entropy=True`` their entropy ``(..., Nq)``
+    (:mod:`attnzoo.measures`; both: ``(out, weights, entropy)``). ``attn(x)`` is self-attention,
+    ``attn(x, x, x)``; ``attn(q, k)`` takes ``value = key``. Masks: see :mod:`attnzoo.masks`; a query
     with no valid key gets a zero output, zero weights and zero gradients. ``bias``: a float
     tensor broadcastable to ``(..., Nq, Nk)`` (multi-head: ``(..., H, Nq, Nk)``) added to the scores
     (SDPA's float ``attn_mask``; ``-inf`` masks a key), differentiable; variants that read no scores
@@ -34,8 +37,11 @@ class Attention(nn.Module):
     #: the dims a ``bias`` has between the batch and ``(Nq, Nk)``: ``(H,)`` for multi-head variants
     bias_heads: tuple[int, ...] = ()
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
-                valid_lens: Tensor | None = None, bias: Tensor | None = None, return_weights: bool = False):
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                mask: Tensor | None = None, *, valid_lens: Tensor | None = None, bias: Tensor | None = None,
+                return_weights: bool = False, return_entropy: bool = False):
+        key = query if key is None else key  # attn(x): self-attention, attn(x, x, x)
+        value = key if value is None else value
         check_qkv(query, key, value)
         if bias is not None and not self.takes_bias:
             raise ValueError(f"bias: {type(self).__name__} ({self.extra_repr() or 'this variant'}) reads no scores "
@@ -45,12 +51,22 @@ class Attention(nn.Module):
         if used is not None:  # padding may hold garbage (NaN, inf): 0 * NaN would leak into outputs and gradients
             value = value.masked_fill(~used.unsqueeze(-1), 0.0)
             key = key.masked_fill(~used.unsqueeze(-1), 0.0)
-        out, weights = self.attend(query, key, value, spec, return_weights)
-        return (out, weights) if return_weights else out
+        if not return_entropy:
+            out, weights = self.attend(query, key, value, spec, return_weights)
+            return (out, weights) if return_weights else out
+        out, weights, ent = self.attend_entropy(query, key, value, spec, return_weights)
+        return (out, weights, ent) if return_weights else (out, ent)
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
                return_weights: bool) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
+
+    def attend_entropy(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
+                       return_weights: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`attend` plus the weights' entropy (:mod:`attnzoo.measures`); this default computes it from
+        the weights :meth:`attend` returns, variants with a pass that needs no weights override it."""
+        out, weights = self.attend(query, key, value, spec, True)
+        return out, (weights if return_weights else None), weights_entropy(weights)
 
     def output_from_weights(self, weights: Tensor, value: Tensor) -> Tensor:
         """The output that ``weights`` (as returned) give on ``value``: ``weights @ value``."""

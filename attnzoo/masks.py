@@ -82,18 +82,29 @@ class MaskSpec:
 
     def dense(self, device: torch.device | str | None = None) -> Tensor:
         """Bool ``batch + (Nq, Nk)``: which (query, key) pairs take part (an expanded view)."""
-        i = torch.arange(self.nq, device=device).view(self.nq, 1)
-        j = torch.arange(self.nk, device=device).view(1, self.nk)
-        valid = torch.ones(self.nq, self.nk, dtype=torch.bool, device=device)
+        return self.block(0, self.nq, 0, self.nk, device)
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, device: torch.device | str | None = None) -> Tensor:
+        """Bool ``batch + (i1 - i0, j1 - j0)``: :meth:`dense` for queries ``i0 .. i1 - 1`` and keys ``j0 .. j1 - 1``,
+        built for that block alone (no ``Nq x Nk`` tensor)."""
+        i = torch.arange(i0, i1, device=device).view(-1, 1)
+        j = torch.arange(j0, j1, device=device).view(1, -1)
+        valid = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
         if self.causal:
             valid = valid & (j <= i)
         if self.window is not None:
             valid = valid & ((i - j).abs() <= self.window)
         if self.valid_lens is not None:
-            valid = valid & (j < self.valid_lens.unsqueeze(-1))
+            vl = self.valid_lens
+            valid = valid & (j < (vl[..., i0:i1] if vl.shape[-1] > 1 else vl).unsqueeze(-1))
         if self.mask is not None:
-            valid = valid & self.mask
-        return valid.expand(*self.batch, self.nq, self.nk)
+            m = self.mask
+            if m.dim() >= 2 and m.shape[-2] > 1:
+                m = m[..., i0:i1, :]
+            if m.dim() >= 1 and m.shape[-1] > 1:
+                m = m[..., j0:j1]
+            valid = valid & m
+        return valid.expand(*self.batch, i1 - i0, j1 - j0)
 
     def split_heads(self, num_heads: int) -> MaskSpec:
         """The same masks for inputs of batch shape ``batch + (num_heads,)``."""

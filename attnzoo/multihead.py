@@ -79,14 +79,21 @@ class MultiHeadAttention(Attention):
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
                return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        return self._attend(query, key, value, spec, return_weights, False)[:2]
+
+    def attend_entropy(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
+                       return_weights: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        return self._attend(query, key, value, spec, return_weights, True)
+
+    def _attend(self, query, key, value, spec: MaskSpec, return_weights: bool, entropy: bool):
         self._check_dims(query, key, value)
         q, k, v = self._heads(self.W_q(query)), self._heads(self.W_k(key)), self._heads(self.W_v(value))
-        out, weights = self.inner.attend(q, k, v, spec.split_heads(self.num_heads), return_weights)
+        out, weights, ent = self.inner._attend(q, k, v, spec.split_heads(self.num_heads), return_weights, entropy)
         out = self.W_o(out.transpose(-2, -3).flatten(-2))
         spec = spec.with_structure(self.inner.causal, self.inner.window)
         if not spec.is_empty or spec.nk == 0:  # a query with no valid key outputs zeros, not W_o's bias
             out = out.masked_fill(~spec.dense(query.device).any(-1, keepdim=True), 0.0)
-        return out, weights
+        return out, weights, ent
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         self._check_dims(query, key, value)

@@ -5,15 +5,28 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from . import backends, blockwise
 from .interface import Attention
 from .masks import MaskSpec
+from .measures import soft_weights_entropy
 from .pooling import POOLINGS, pool
 from .positions import alibi_slopes_tensor
 from .validation import check_window
+
+# return_entropy=True: soft pooling computes the entropy densely up to batch x Nq x Nk this many elements,
+# blockwise above (the fused kernels do not compute it)
+ENTROPY_DENSE_ELEMENTS = 2**22
+
+
+def _valid_counts(spec: MaskSpec, device) -> Tensor:
+    """``#valid_i``: how many keys each query may attend, ``batch + (Nq,)``, 256 queries at a time."""
+    return torch.cat([spec.block(i0, min(i0 + 256, spec.nq), 0, spec.nk, device).sum(-1)
+                      for i0 in range(0, spec.nq, 256)], -1)
 
 
 def _zero_attached(*inputs: Tensor) -> Tensor:
@@ -100,36 +113,59 @@ class PooledAttention(Attention):
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
                return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        return self._attend(query, key, value, spec, return_weights, False)[:2]
+
+    def attend_entropy(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
+                       return_weights: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        return self._attend(query, key, value, spec, return_weights, True)
+
+    def _attend(self, query, key, value, spec: MaskSpec, return_weights: bool, entropy: bool):
+        """``(out, weights or None, entropy or None)``."""
         spec = spec.with_structure(self.causal, self.window).with_alibi(
             None if self.alibi_slopes is None else self.alibi_slopes.to(query.device))
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
-            inputs = (query, key, value) + (() if spec.bias is None else (spec.bias,))
-            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + _zero_attached(*inputs)
-            weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + _zero_attached(*inputs)
-            return out, (weights if return_weights else None)
+            zero = _zero_attached(query, key, value, *(() if spec.bias is None else (spec.bias,)))
+            out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + zero
+            weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
+            return out, (weights if return_weights else None), (weights.sum(-1) if entropy else None)
         backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
+        ent = None
+        if entropy and self.pooling != "soft":  # one-hot weights: 0; uniform ones: log #valid (no gradient)
+            out, weights, _ = self._attend(query, key, value, spec, return_weights, False)
+            ent = _zero_attached(query, key, value).expand(*spec.batch, spec.nq)
+            if self.pooling == "average":
+                ent = ent + torch.log(_valid_counts(spec, query.device).clamp_min(1).to(query.dtype))
+            return out, weights, ent
+        if entropy and backend != "reference" and not (return_weights or nonfinite) and (
+                math.prod(spec.batch) * spec.nq * spec.nk > ENTROPY_DENSE_ELEMENTS):
+            backend = "blockwise"  # the fused kernels return no entropy; this pass keeps no Nq x Nk tensor
+        elif entropy:
+            backend = "reference"
         if backend == "fused":
             out, weights = backends.run_fused(form, self.pooling, query, key, value, spec, return_weights or nonfinite)
         elif backend == "blockwise" and not (return_weights or nonfinite):  # (weights: the reference's way)
             def check(s, q, k):
                 _check_scores(self.score, s, q, MaskSpec(spec.batch, q.shape[-2], k.shape[-2]))
 
-            return blockwise.attend(self.score, check, self.pooling, query, key, value,
-                                    spec.dense(query.device), spec), None
+            res = blockwise.attend(self.score, check, self.pooling, query, key, value, spec, entropy)
+            return (res[0], None, res[1]) if entropy else (res, None, None)
         else:
             scores = None if self.pooling == "average" else self.score(query, key)
             if scores is not None:
                 _check_scores(self.score, scores, query, spec)
                 scores = spec.add_positions(scores)
-            weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
+            if entropy:
+                weights, ent = soft_weights_entropy(scores, spec.dense(query.device))
+            else:
+                weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
             out = weights @ value
         if nonfinite:
             out = _pool_nonfinite(weights, value, spec.dense(query.device))
-        return out, (weights if return_weights else None)
+        return out, (weights if return_weights else None), ent
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         return backends.select(self.backend, self.score, self.pooling, query, key)[1]

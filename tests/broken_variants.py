@@ -35,6 +35,13 @@ class IgnoresBias(Toy):
         return w @ v, w
 
 
+class MaskBlindEntropy(Toy):
+    def attend_entropy(self, q, k, v, spec, return_weights):
+        out, w = self.attend(q, k, v, spec, True)
+        p = torch.softmax(self.scores(q, k), -1)
+        return out, (w if return_weights else None), -(p * p.log()).sum(-1)
+
+
 class WrongDtype(Toy):
     def attend(self, q, k, v, spec, rw):
         out, w = super().attend(q, k, v, spec, rw)
@@ -178,6 +185,7 @@ BROKEN = {
     "check_hard_ties": LastOnTies,
     "check_bias_shifts_scores": IgnoresBias,
     "check_weights_pool_values": StaleWeights,
+    "check_entropy": MaskBlindEntropy,
     "check_gradcheck": WrongGradient,
     "check_state_dict_roundtrip": UnsavedState,
     "check_deterministic": Noisy,

@@ -350,6 +350,27 @@ def check_weights_pool_values(case: Case):
 
 
 @check()
+def check_entropy(case: Case):
+    """``return_entropy=True``: the same output, and ``H = -sum_j w log w`` of the weights returned (shape
+    ``weights.shape[:-1]``, 0 on rows without a key, within ``[0, log #valid]``), with finite gradients."""
+    attn = case.make()
+    q, k, v = case.inputs(requires_grad=True)
+    lengths = torch.tensor([4, 0])
+    out, w = attn(q, k, v, valid_lens=lengths, return_weights=True)
+    out2, w2, ent = attn(q, k, v, valid_lens=lengths, return_weights=True, return_entropy=True)
+    _close(out2, out, "output with return_entropy=True")
+    _close(w2, w, "weights with return_entropy=True")
+    w = w.detach()
+    want = -(w * torch.where(w > 0, w, 1.0).log()).sum(-1)
+    _close(ent.detach(), want, "entropy vs -sum w log w of the weights", atol=1e-9, rtol=1e-7)
+    n_valid = lengths.view(B, *([1] * (ent.dim() - 1))).expand(ent.shape).clamp_min(1)
+    assert (ent >= -1e-12).all() and (ent <= n_valid.double().log() + 1e-9).all(), "entropy outside [0, log n]"
+    (ent.sum() + 0 * out2.sum()).backward()
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        assert t.grad is None or torch.isfinite(t.grad).all(), f"non-finite gradient of the entropy to {name}"
+
+
+@check()
 def check_gradcheck(case: Case):
     """torch.autograd.gradcheck in float64 (hard: w.r.t. value, as its score gradient is straight-through)."""
     attn = case.make()
