@@ -29,7 +29,7 @@ def soft_weights_entropy(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]
     e = torch.exp(s - m)
     total = e.sum(-1, keepdim=True)
     total = torch.where(total == 0, 1.0, total)
-    z = torch.where(valid, scores - (m + total.log()), 0.0)  # log w_ij at the valid keys
+    z = torch.where(e > 0, scores - (m + total.log()), 0.0)  # log w_ij where w_ij > 0 (a -inf score: w = 0)
     w = e / total
     return w, -(w * z).sum(-1)
 

@@ -110,6 +110,18 @@ def test_limits():
     assert sharp.abs().max() < 1e-6  # each query attends its own key only
 
 
+def test_compact_support_rows_without_a_key_in_reach(path):
+    # boxcar kernel: keys farther than its support get a -inf score; a query with none in reach has no key
+    attn = attnzoo.create("nadaraya_watson", kernel="boxcar", backend="reference").double()
+    x = torch.tensor([0.0, 0.1, 0.2, 5.0, 9.0], dtype=torch.float64).view(1, 5, 1).requires_grad_()
+    keys = torch.tensor([0.0, 0.15, 0.3, 8.9], dtype=torch.float64).view(1, 4, 1)
+    out, w, ent = attn(x, keys, keys, return_weights=True, return_entropy=True)
+    assert torch.isfinite(ent).all() and ent[0, 3] == 0
+    torch.testing.assert_close(ent, -(w * torch.where(w > 0, w, 1.0).log()).sum(-1))
+    ent.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_function_and_self_attention_forms():
     attn = attnzoo.create("cosine")
     x = rnd(2, 6, 4, seed=11)

@@ -8,7 +8,11 @@ Data ``y = 2 sin(x) + x^0.8 + eps``, ``eps ~ N(0, 0.5)``; 50 sorted training poi
 * ``nadaraya_watson(learnable=True)``: the parametric one, w (from 1) trained as d2l does it
   (leave-one-out keys, SGD lr 0.5 on the summed squared error, 5 epochs).
 
-The models and their MSE need torch only; the PNGs (``run(plots=True)``, ``attnzoo demo``) are
+Each model is read through its attention entropy (:func:`attnzoo.entropy`, nats, averaged over the test
+queries): average pooling over 50 keys has ``log 50 = 3.91``; the information a model gains is the
+drop from that, ``H_average - H_model``.
+
+The models, their MSE and entropy need torch only; the PNGs (``run(plots=True)``, ``attnzoo demo``) are
 drawn by :mod:`attnzoo.tools.plot` and need the ``viz`` extra.
 """
 
@@ -47,10 +51,13 @@ def _as_seq(x: torch.Tensor) -> torch.Tensor:  # (n,) -> (1, n, 1): one batch of
     return x.view(1, -1, 1)
 
 
-def predict(attn: attnzoo.Attention, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions at the test points (n_test,) and the weights (n_test, n_train)."""
-    out, w = attn(_as_seq(data.x_test), _as_seq(data.x_train), _as_seq(data.y_train), return_weights=True)
-    return out.view(-1), w.view(len(data.x_test), len(data.x_train))
+def predict(attn: attnzoo.Attention, data: Data, entropy: bool = False):
+    """Predictions at the test points (n_test,) and the weights (n_test, n_train); with ``entropy``, also
+    each test query's attention entropy (n_test,)."""
+    res = attn(_as_seq(data.x_test), _as_seq(data.x_train), _as_seq(data.y_train), return_weights=True,
+               return_entropy=entropy)
+    out, w = res[0].view(-1), res[1].view(len(data.x_test), len(data.x_train))
+    return (out, w, res[2].view(-1)) if entropy else (out, w)
 
 
 def fit_leave_one_out(attn: attnzoo.Attention, data: Data, epochs: int = 5, lr: float = 0.5) -> list[float]:
@@ -92,8 +99,11 @@ def run(seed: int = 0, out_dir: str | Path = "attnzoo-out", backend: str = "auto
     results = {}
     with torch.no_grad():
         for name, attn in models.items():
-            pred, w = predict(attn, data)
-            results[name] = {"mse": float(((pred - data.y_test) ** 2).mean()), "pred": pred, "weights": w}
+            pred, w, ent = predict(attn, data, entropy=True)
+            results[name] = {"mse": float(((pred - data.y_test) ** 2).mean()), "pred": pred, "weights": w,
+                             "entropy": float(ent.mean())}
+    for r in results.values():
+        r["information_gain"] = results["average"]["entropy"] - r["entropy"]
     results["nadaraya_watson(learnable)"]["w"] = float(parametric.score.w.detach())
     results["nadaraya_watson(learnable)"]["train_losses"] = losses
     if plots:
@@ -117,10 +127,14 @@ def _plot(data: Data, results: dict, out: Path) -> list[Path]:
 
 
 def format_table(results: dict) -> str:
-    rows = [(n, r["mse"]) for n, r in results.items() if n != "files"]
+    rows = [(n, r) for n, r in results.items() if n != "files"]
     width = max(len(n) for n, _ in rows)
-    lines = [f"{'model':<{width}}  test MSE", f"{'-' * width}  --------"]
-    lines += [f"{n:<{width}}  {m:8.4f}" for n, m in rows]
+    lines = [f"{'model':<{width}}  test MSE  entropy  information gain",
+             f"{'-' * width}  --------  -------  ----------------"]
+    lines += [f"{n:<{width}}  {r['mse']:8.4f}  {r['entropy']:7.3f}  {r['information_gain']:16.3f}" for n, r in rows]
     w = results["nadaraya_watson(learnable)"]["w"]
+    n = len(results["average"]["weights"][0])
     lines.append(f"(learned w = {w:.3f}; the kernel width is 1/w = {1 / w if w else math.inf:.3f})")
+    lines.append(f"(entropy: -sum_j w_ij log w_ij in nats, mean over the test queries; uniform over {n} keys: "
+                 f"log {n} = {math.log(n):.3f}; information gain: the drop from average pooling's)")
     return "\n".join(lines)
