@@ -62,18 +62,22 @@ class PooledAttention(Attention):
 
     ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``.
     ``alibi``: ALiBi slopes ``m`` (a number, or one per head for multi-head inputs ``(..., H, N, D)``):
-    ``s_ij -= m |i - j|`` (:mod:`attnzoo.positions`). ``backend``: ``"auto"``, ``"fused"``, ``"reference"``
-    or ``"blockwise"`` (:mod:`attnzoo.backends`).
+    ``s_ij -= m |i - j|`` (:mod:`attnzoo.positions`). ``sampler`` (hard pooling; a
+    :class:`~attnzoo.sampling.HardSampler`): in training mode each query draws its key from the softmax
+    instead of taking the arg-max (on the reference backend); in eval mode it is the arg-max.
+    ``backend``: ``"auto"``, ``"fused"``, ``"reference"`` or ``"blockwise"`` (:mod:`attnzoo.backends`).
     """
 
     def __init__(self, score: nn.Module | None, pooling: str = "soft", *, causal: bool = False,
-                 window: int | None = None, backend: str = "auto", alibi=None):
+                 window: int | None = None, backend: str = "auto", alibi=None, sampler=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
         check_window(window)
         if score is None and pooling != "average":
             raise ValueError(f"score: pooling {pooling!r} needs a score, got None")
+        if sampler is not None and pooling != "hard":
+            raise ValueError(f"sample: drawing a key is hard attention, got pooling={pooling!r}")
         if alibi is not None and pooling == "average":
             raise ValueError("position: 'alibi' shifts scores, and average pooling reads none")
         self.score = score
@@ -82,6 +86,7 @@ class PooledAttention(Attention):
         self.window = window
         self.backend = backends.check_backend(backend)
         self.takes_bias = pooling != "average"
+        self.sampler = sampler
         self.register_buffer("alibi_slopes", None if alibi is None else alibi_slopes_tensor(alibi), persistent=False)
 
     @property
@@ -97,6 +102,8 @@ class PooledAttention(Attention):
             caps.add("alibi")
         if self.takes_bias:
             caps.add("bias")
+        if self.sampler is not None and self.training:
+            caps.add("stochastic")
         if self.window is not None:
             caps.add("window")
         return frozenset(caps)
@@ -130,7 +137,9 @@ class PooledAttention(Attention):
             out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + zero
             weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
             return out, (weights if return_weights else None), (weights.sum(-1) if entropy else None)
-        backend, _, form = backends.select(self.backend, self.score, self.pooling, query, key)
+        sampled = self.sampler is not None and self.training
+        backend, _, form = ("reference", "", None) if sampled else backends.select(
+            self.backend, self.score, self.pooling, query, key)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         ent = None
@@ -160,6 +169,8 @@ class PooledAttention(Attention):
                 scores = spec.add_positions(scores)
             if entropy:
                 weights, ent = soft_weights_entropy(scores, spec.dense(query.device))
+            elif sampled:
+                weights = self.sampler(scores, spec.dense(query.device))
             else:
                 weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
             out = weights @ value
@@ -167,5 +178,14 @@ class PooledAttention(Attention):
             out = _pool_nonfinite(weights, value, spec.dense(query.device))
         return out, (weights if return_weights else None), ent
 
+    def reinforce_loss(self, reward: Tensor) -> Tensor:
+        """The REINFORCE surrogate of the last training call's draws (``sample=True, estimator="reinforce"``):
+        add it to the loss; ``reward (B,)`` is to be maximised (:class:`~attnzoo.sampling.ReinforceBaseline`)."""
+        if self.sampler is None:
+            raise ValueError("reward: reinforce_loss needs a sampled hard variant (sample=True)")
+        return self.sampler.reinforce_loss(reward)
+
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
+        if self.sampler is not None and self.training:
+            return "reference: sampled hard attention draws its keys on the reference backend in training mode"
         return backends.select(self.backend, self.score, self.pooling, query, key)[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import attnzoo
 from attnzoo.positions import DEFAULT_ALIBI_SLOPE, check_alibi_slope
 from attnzoo.registry import build_score
+from attnzoo.sampling import HardSampler
 from attnzoo.variants import PooledAttention
 
 
@@ -42,7 +43,32 @@ def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_wi
 
 
 _soft = _pooling("soft", "Soft attention: softmax of the scores over the valid keys.")
-_hard = _pooling("hard", "Hard attention: one-hot at the arg-max score (first on ties), straight-through gradient.")
+_hard_pooling = _pooling("hard", "")
+
+
+def _hard(score: str = "scaled_dot", causal: bool = False, window: int | None = None, backend: str = "auto",
+          position: str | None = None, alibi_slope: float | None = None, sample: bool = False,
+          estimator: str = "gumbel", tau: float = 1.0, seed: int | None = None, generator=None,
+          baseline_decay: float = 0.9, **score_options):
+    """Hard attention: one-hot at the arg-max score (first on ties), straight-through gradient.
+
+    ``sample=True`` (Xu et al. 2015): in training mode each query draws one key from its softmax (Gumbel-max,
+    reproducible from ``seed=``, a ``generator=`` or ``torch.manual_seed``); eval mode keeps the arg-max.
+    ``estimator="gumbel"``: straight-through Gumbel-softmax at temperature ``tau``; ``"reinforce"``: the
+    score-function gradient, through ``attn.reinforce_loss(reward)`` added to the loss (moving-average baseline,
+    ``baseline_decay``). See :mod:`attnzoo.sampling`."""
+    sampler = None
+    if sample:
+        if backend in ("fused", "blockwise"):
+            raise ValueError(f"backend: sampled hard attention draws its keys on the reference backend in training "
+                             f"mode, got backend={backend!r}; use 'auto' or 'reference'")
+        sampler = HardSampler(estimator, tau, seed, generator, baseline_decay)
+    elif (estimator, tau, seed, generator) != ("gumbel", 1.0, None, None):
+        raise ValueError("sample: estimator=, tau=, seed= and generator= need sample=True")
+    attn = _hard_pooling(score, causal, window, backend, position, alibi_slope, **score_options)
+    attn.sampler = sampler
+    return attn
+
 _local = _pooling("soft", "Local attention: softmax over the keys with |i - j| <= window (positions are indices).",
                   default_window=2, needs_window=True)
 

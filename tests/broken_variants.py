@@ -42,6 +42,17 @@ class MaskBlindEntropy(Toy):
         return out, (w if return_weights else None), -(p * p.log()).sum(-1)
 
 
+class NeverSamples(Toy):
+    """Claims to sample but takes the arg-max in training too."""
+
+    capabilities = frozenset({"hard", "stochastic"})
+
+    def weights(self, s, valid):
+        from attnzoo.pooling import one_hot_argmax
+
+        return one_hot_argmax(s, valid)
+
+
 class WrongDtype(Toy):
     def attend(self, q, k, v, spec, rw):
         out, w = super().attend(q, k, v, spec, rw)
@@ -184,6 +195,7 @@ BROKEN = {
     "check_valid_lens_equals_mask": FirstLengthOnly,
     "check_hard_ties": LastOnTies,
     "check_bias_shifts_scores": IgnoresBias,
+    "check_sampling": NeverSamples,
     "check_weights_pool_values": StaleWeights,
     "check_entropy": MaskBlindEntropy,
     "check_gradcheck": WrongGradient,

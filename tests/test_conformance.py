@@ -43,7 +43,12 @@ def _with(backend, items):
     return out
 
 
-CASES = {backend: _with(backend, BUILTINS + EXTRA) for backend in ("reference", "fused", "blockwise")}
+# sampled hard attention draws on the reference backend in training mode (the others are refused)
+STOCHASTIC = [("hard", {"sample": True, "seed": 0}), ("hard", {"sample": True, "estimator": "reinforce", "seed": 1}),
+              ("hard", {"score": "additive", "query_dim": 8, "key_dim": 8, "hidden_dim": 4, "sample": True,
+                        "tau": 0.5})]
+CASES = {backend: _with(backend, BUILTINS + EXTRA + (STOCHASTIC if backend == "reference" else []))
+         for backend in ("reference", "fused", "blockwise")}
 
 
 @parametrize_with_checks(CASES["reference"])

@@ -127,7 +127,7 @@ def check_output_shape_dtype(case: Case):
 BF16_EPS = torch.finfo(torch.bfloat16).eps
 
 
-@check(needs={"bfloat16"})
+@check(needs={"bfloat16"}, skips={"stochastic"})
 def check_bfloat16(case: Case):
     """bfloat16 inputs give a bfloat16 output within a few bfloat16 roundings of the float64 one
     (computed on the same rounded inputs and parameters): ``|out - ref| <= 4 eps_bf16 max|ref|``."""
@@ -187,7 +187,7 @@ def _structure_valid(attn, nq, nk):
                           for j in range(nk)] for i in range(nq)])
 
 
-@check()
+@check(skips={"stochastic"})
 def check_masked_keys_ignored(case: Case):
     """Changing the keys and values a query may not attend (mask or valid_lens) leaves its output unchanged,
     also when other queries attend them; NaN in padded values (masked for every query) changes nothing."""
@@ -249,7 +249,7 @@ def check_empty_rows(case: Case):
                                              f"(max |grad| {float(t.grad.abs().max()):.3g})")
 
 
-@check(skips={"positional"})
+@check(skips={"positional", "stochastic"})
 def check_key_permutation(case: Case):
     """Permuting (key, value) pairs together leaves the output unchanged (no positional notion)."""
     attn = case.make()
@@ -258,7 +258,7 @@ def check_key_permutation(case: Case):
     _close(attn(q, k[:, perm], v[:, perm]), attn(q, k, v), "output after permuting keys and values")
 
 
-@check()
+@check(skips={"stochastic"})
 def check_query_independence(case: Case):
     """Each query's output depends on that query only."""
     attn = case.make()
@@ -270,7 +270,7 @@ def check_query_independence(case: Case):
     _close(a[:, rows], b[:, rows], "outputs of the other queries after changing query 2")
 
 
-@check()
+@check(skips={"stochastic"})
 def check_batch_independence(case: Case):
     """Batch elements are independent: changing element 1 leaves element 0 unchanged."""
     attn = case.make()
@@ -281,7 +281,7 @@ def check_batch_independence(case: Case):
     _close(attn(q, k, v)[0], attn(q2, k2, v2)[0], "output of batch element 0 after changing element 1")
 
 
-@check()
+@check(skips={"stochastic"})
 def check_batch_dims(case: Case):
     """Leading dims (2, 3) give the same result as each (Nq, D) problem on its own."""
     attn = case.make()
@@ -292,7 +292,7 @@ def check_batch_dims(case: Case):
             _close(out[i, j], attn(q[i, j], k[i, j], v[i, j]), f"batch element ({i}, {j}) vs unbatched call")
 
 
-@check()
+@check(skips={"stochastic"})
 def check_valid_lens_equals_mask(case: Case):
     """valid_lens (B,) and (B, Nq), and the equivalent bool mask, give one result."""
     attn = case.make()
@@ -305,7 +305,7 @@ def check_valid_lens_equals_mask(case: Case):
     _close(attn(q, k, v, valid_lens=per_query), attn(q, k, v, mask), "valid_lens (B, Nq) vs mask")
 
 
-@check(needs={"bias"})
+@check(needs={"bias"}, skips={"stochastic"})
 def check_bias_shifts_scores(case: Case):
     """A float ``bias=`` adds to the scores: -inf entries act as a False mask, and a bias constant over
     each query's keys (offsets near 1e3) changes nothing."""
@@ -321,7 +321,7 @@ def check_bias_shifts_scores(case: Case):
            atol=1e-9)
 
 
-@check(needs={"hard"}, skips={"alibi"})
+@check(needs={"hard"}, skips={"alibi", "stochastic"})
 def check_hard_ties(case: Case):
     """Hard attention breaks ties at the first valid key: all keys equal -> one-hot at the first unmasked one
     (not under ALiBi, whose scores of equal keys differ by position)."""
@@ -339,6 +339,29 @@ def check_hard_ties(case: Case):
     assert (first == want).all() and ((w == 0) | (w == 1)).all(), f"tie broken at keys {first.unique().tolist()}"
 
 
+@check(needs={"stochastic"})
+def check_sampling(case: Case):
+    """Sampled variants: in training mode, identical query rows draw different keys (one-hot weights, never
+    a masked key, every valid key drawn over 4000 rows at these scales); in eval mode the weights are the
+    deterministic arg-max."""
+    attn = case.make()
+    q, k, v = case.inputs(batch=(1,), nq=1)
+    q = q.expand(1, 4000, q.shape[-1]) * 0.3  # scores within a few units: every key has a fair chance
+    mask = torch.ones(1, 1, NK, dtype=torch.bool)
+    mask[..., 2] = False
+    _, w = attn(q, k, v, mask, return_weights=True)
+    w = w.detach().reshape(-1, 4000, NK)
+    assert ((w == 0) | (w == 1)).all() and (w.sum(-1) == 1).all(), "training weights must be one-hot"
+    drawn = w.sum(-2)  # (heads, Nk): how often each key was drawn
+    assert (drawn[:, 2] == 0).all(), "a masked key was drawn"
+    assert (drawn[:, mask[0, 0]] > 0).all(), f"training draws do not cover the valid keys: {drawn.tolist()}"
+    attn.eval()
+    _, w1 = attn(q[:, :5], k, v, mask, return_weights=True)
+    _, w2 = attn(q[:, :5], k, v, mask, return_weights=True)
+    _close(w1, w2, "two eval-mode calls", atol=0, rtol=0)
+    assert ((w1 == 0) | (w1 == 1)).all(), "eval-mode weights must be the one-hot arg-max"
+
+
 @check()
 def check_weights_pool_values(case: Case):
     """The output is the weights applied to the values: ``out = attn.output_from_weights(w, v)``
@@ -349,7 +372,7 @@ def check_weights_pool_values(case: Case):
     _close(out, attn.output_from_weights(w, v), "output vs the weights applied to the values")
 
 
-@check()
+@check(skips={"stochastic"})
 def check_entropy(case: Case):
     """``return_entropy=True``: the same output, and ``H = -sum_j w log w`` of the weights returned (shape
     ``weights.shape[:-1]``, 0 on rows without a key, within ``[0, log #valid]``), with finite gradients."""
@@ -370,7 +393,7 @@ def check_entropy(case: Case):
         assert t.grad is None or torch.isfinite(t.grad).all(), f"non-finite gradient of the entropy to {name}"
 
 
-@check()
+@check(skips={"stochastic"})
 def check_gradcheck(case: Case):
     """torch.autograd.gradcheck in float64 (hard: w.r.t. value, as its score gradient is straight-through)."""
     attn = case.make()
@@ -387,7 +410,7 @@ def check_gradcheck(case: Case):
     assert ok, "gradcheck failed"
 
 
-@check()
+@check(skips={"stochastic"})
 def check_state_dict_roundtrip(case: Case):
     """Loading a saved state_dict into a differently initialised instance reproduces the output."""
     a, b = case.make(seed=0), case.make(seed=123)
@@ -400,7 +423,7 @@ def check_state_dict_roundtrip(case: Case):
     _close(copy.deepcopy(a)(q, k, v), a(q, k, v), "output of a deep copy", atol=0, rtol=0)
 
 
-@check()
+@check(skips={"stochastic"})
 def check_deterministic(case: Case):
     """Two calls with the same inputs give bitwise equal outputs."""
     attn = case.make()
@@ -459,7 +482,7 @@ def _reference_weights(scores: torch.Tensor, valid: torch.Tensor, caps: frozense
     return torch.softmax(torch.where(live, s, 0.0), -1) * live
 
 
-@check(needs={"reference"})
+@check(needs={"reference"}, skips={"stochastic"})
 def check_reference_formula(case: Case):
     """Output and weights equal the pooling (softmax / first arg-max / uniform, within masks, lengths,
     causality and window) of the case's reference formula, in float64, on un-centred inputs and values,
