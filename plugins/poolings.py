@@ -7,6 +7,7 @@ registered score composes with any pooling: ``create("hard", score="cosine")``.
 from __future__ import annotations
 
 import attnzoo
+from attnzoo.local_p import PredictedCenterAttention
 from attnzoo.positions import DEFAULT_ALIBI_SLOPE, check_alibi_slope
 from attnzoo.registry import build_score
 from attnzoo.sampling import HardSampler
@@ -69,8 +70,36 @@ def _hard(score: str = "scaled_dot", causal: bool = False, window: int | None = 
     attn.sampler = sampler
     return attn
 
-_local = _pooling("soft", "Local attention: softmax over the keys with |i - j| <= window (positions are indices).",
-                  default_window=2, needs_window=True)
+_local_window = _pooling("soft", "", default_window=2, needs_window=True)
+
+
+def _local(score: str = "scaled_dot", causal: bool = False, window: int | None = 2, backend: str = "auto",
+           position: str | None = None, alibi_slope: float | None = None, predict_center: bool = False,
+           query_dim: int | None = None, center_hidden: int | None = None, **score_options):
+    """Local attention: softmax over the keys with |i - j| <= window (positions are indices).
+
+    ``predict_center=True`` (Luong et al. 2015, local-p): the window sits around a centre predicted from the
+    query, ``p_i = L_i sigmoid(v_p^T tanh(W_p q_i))`` (``query_dim``: the query's dim, ``center_hidden``: W_p's
+    width), weights ``softmax(s_ij - (j - p_i)^2 / (2 sigma^2))`` over ``|j - p_i| <= window``, ``sigma =
+    window / 2`` (:mod:`attnzoo.local_p`)."""
+    info = attnzoo.registry_instance().score(score)
+    names, _ = attnzoo.registry.accepted_options(info.cls)
+    if query_dim is not None and "query_dim" in names:
+        score_options["query_dim"] = query_dim
+    if not predict_center:
+        if center_hidden is not None:
+            raise ValueError("predict_center: center_hidden= needs predict_center=True")
+        return _local_window(score, causal, window, backend, position, alibi_slope, **score_options)
+    if query_dim is None:
+        raise ValueError("query_dim: predict_center=True needs the query's dim (for W_p), got None")
+    for name, val, default in (("causal", causal, False), ("position", position, None),
+                               ("alibi_slope", alibi_slope, None)):
+        if val != default:
+            raise ValueError(f"{name}: local-p attention has no {name}= (its window follows the predicted centre)")
+    if backend not in ("auto", "reference"):
+        raise ValueError(f"backend: local-p gathers each query's window in eager PyTorch, got backend={backend!r}")
+    return PredictedCenterAttention(build_score(info, score_options, caller=_local), window, query_dim, center_hidden)
+
 
 
 def _average(causal: bool = False, window: int | None = None, backend: str = "auto"):

@@ -43,11 +43,16 @@ def _with(backend, items):
     return out
 
 
-# sampled hard attention draws on the reference backend in training mode (the others are refused)
-STOCHASTIC = [("hard", {"sample": True, "seed": 0}), ("hard", {"sample": True, "estimator": "reinforce", "seed": 1}),
-              ("hard", {"score": "additive", "query_dim": 8, "key_dim": 8, "hidden_dim": 4, "sample": True,
-                        "tau": 0.5})]
-CASES = {backend: _with(backend, BUILTINS + EXTRA + (STOCHASTIC if backend == "reference" else []))
+# variants with one eager implementation (other backends are refused): sampled hard attention (in training
+# mode) and local-p
+REFERENCE_ONLY = [("local", {"predict_center": True, "query_dim": 8, "window": 2}),
+                  ("local", {"predict_center": True, "query_dim": 8, "window": 1, "score": "additive", "key_dim": 8,
+                             "hidden_dim": 4, "center_hidden": 3}),
+                  ("hard", {"sample": True, "seed": 0}),
+                  ("hard", {"sample": True, "estimator": "reinforce", "seed": 1}),
+                  ("hard", {"score": "additive", "query_dim": 8, "key_dim": 8, "hidden_dim": 4, "sample": True,
+                            "tau": 0.5})]
+CASES = {backend: _with(backend, BUILTINS + EXTRA + (REFERENCE_ONLY if backend == "reference" else []))
          for backend in ("reference", "fused", "blockwise")}
 
 
