@@ -9,11 +9,13 @@ torch.Size([2, 5, 4])
 
 from __future__ import annotations
 
+from . import nn
 from .errors import AttnzooError, DuplicateNameError, PluginLoadWarning, UnknownNameError
 from .hookspecs import hookimpl, hookspec
 from .interface import Attention
 from .masks import MaskSpec
 from .measures import entropy
+from .nn import AttentionPool, HierarchicalAttention, PositionalEncoding
 from .registry import PluginFailure, Registry, ScoreInfo, VariantInfo, accepted_options, check_options
 
 __version__ = "0.1.0"
@@ -96,6 +98,10 @@ def explain(attn: Attention, query, key, value, mask=None, *, valid_lens=None, b
 
 __all__ = [
     "Attention",
+    "AttentionPool",
+    "HierarchicalAttention",
+    "PositionalEncoding",
+    "nn",
     "AttnzooError",
     "DuplicateNameError",
     "MaskSpec",

@@ -6,7 +6,8 @@ torch and pluggy only, and imports none of these).
   machine info) shared by ``attnzoo bench`` and ``benchmarks/``; torch only;
 * ``tools.bench_cli``: the ``attnzoo bench`` command (progress bar, table, JSON, plot); extra ``bench``;
 * ``tools.quality``: quality tasks (regression MSE, associative-recall accuracy); torch only;
-* ``tools.plot``: figures (attention heatmaps, the demo's curves, bench curves); extra ``viz``.
+* ``tools.plot``: figures (attention heatmaps, the demo's curves, bench curves, positional tables, hierarchical
+  weights); extra ``viz``.
 
 ``attnzoo.cli`` (the ``attnzoo`` command) imports each tool when its subcommand runs. A tool used
 without its extra raises :class:`MissingExtraError` (an ``ImportError``) naming the extra to install.

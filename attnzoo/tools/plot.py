@@ -1,6 +1,6 @@
-"""Figures: attention-weight heatmaps (d2l's ``show_heatmaps``), the demo's fitted curves and ``attnzoo bench``
-curves. Needs the ``viz`` extra (matplotlib): importing this module without it raises
-:class:`attnzoo.tools.MissingExtraError`.
+"""Figures: attention-weight heatmaps (d2l's ``show_heatmaps``), the demo's fitted curves, ``attnzoo bench``
+curves, the positional-encoding table and a document's two levels of hierarchical attention weights. Needs the
+``viz`` extra (matplotlib): importing this module without it raises :class:`attnzoo.tools.MissingExtraError`.
 
 Figures are built as ``matplotlib.figure.Figure`` objects rendered with Agg: no window is ever
 opened, no pyplot state is touched, and the caller's matplotlib backend is left alone.
@@ -186,4 +186,84 @@ def _guides(ax) -> None:
     ax.set_ylim(y0 / 1.5, max(ys) * 1.5 if max(ys) > 0 else 1)
 
 
-__all__ = ["plot_bench", "plot_fit", "show_heatmaps"]
+def positional_table(table=32, max_len: int = 60, *, figsize: tuple[float, float] = (3.5, 4.0), cmap: str = "Blues",
+                     path=None) -> Figure:
+    """A positional-encoding table as d2l draws it: positions as rows, encoding dimensions as columns.
+
+    ``table``: a ``(max_len, d)`` tensor or array, a :class:`attnzoo.nn.PositionalEncoding` (its ``P``, learned
+    or not), or an int ``d``: the sinusoidal table :func:`attnzoo.nn.sinusoidal_table` ``(max_len, d)`` (d2l's
+    picture: ``d = 32``, 60 positions). Returns the figure (a heatmap axes and a colour bar); ``path``: also
+    save there.
+    """
+    import numpy as np
+
+    table = getattr(table, "P", table)
+    if isinstance(table, int) and not isinstance(table, bool):
+        import torch
+
+        from ..nn import sinusoidal_table
+
+        table = sinusoidal_table(max_len, table, dtype=torch.float64)
+    P = np.asarray(_values(table), dtype=float)
+    if P.ndim != 2:
+        raise ValueError(f"table: expected a (max_len, d) table or an int d, got shape {P.shape}")
+    return show_heatmaps(P[None, None], xlabel="Column (encoding dimension)", ylabel="Row (position)",
+                         figsize=figsize, cmap=cmap, path=path)
+
+
+def hierarchy_weights(word_weights, sentence_weights, tokens: Sequence[Sequence[str]] | None = None,
+                      word_lens=None, *, title: str | None = None, figsize: tuple[float, float] | None = None,
+                      cmap: str = "Reds", path=None) -> Figure:
+    """One document's two levels of hierarchical attention weights: a heatmap of the word weights, one row per
+    sentence ``(S, T)``, and beside it the sentence weights ``(S,)`` as horizontal bars on the same rows.
+
+    ``tokens``: optional words per sentence, written in their cells; ``word_lens``: ``(S,)`` lengths, the
+    padding beyond them left blank (default: the lengths of ``tokens``, else none). Weights come as tensors
+    (e.g. ``weights[0][b]``, ``weights[1][b]`` of :class:`attnzoo.nn.HierarchicalAttention` for document
+    ``b``), arrays or lists. Returns the figure (heatmap, bars, colour bar); ``path``: also save there.
+    """
+    import numpy as np
+
+    W = np.asarray(_values(word_weights), dtype=float)
+    s = np.asarray(_values(sentence_weights), dtype=float)
+    if W.ndim != 2:
+        raise ValueError(f"word_weights: expected shape (S, T) (one row per sentence), got {W.shape}")
+    if s.shape != (W.shape[0],):
+        raise ValueError(f"sentence_weights: expected shape ({W.shape[0]},) (one per row of word_weights), "
+                         f"got {s.shape}")
+    n_sent, n_words = W.shape
+    if tokens is not None and (len(tokens) != n_sent or any(len(t) > n_words for t in tokens)):
+        raise ValueError(f"tokens: expected {n_sent} sentences of at most {n_words} words, "
+                         f"got {[len(t) for t in tokens]} words")
+    if word_lens is None and tokens is not None:
+        word_lens = [len(t) for t in tokens]
+    if word_lens is not None:
+        lens = np.asarray(_values(word_lens)).astype(int)
+        if lens.shape != (n_sent,):
+            raise ValueError(f"word_lens: expected shape ({n_sent},) (one length per sentence), got {lens.shape}")
+        W = np.ma.masked_where(np.arange(n_words)[None, :] >= lens[:, None], W)
+    fig = _figure(figsize or (0.45 * n_words + 3.5, 0.45 * n_sent + 1.6))
+    ax, ax_s = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [max(n_words, 1), 3], "wspace": 0.05})
+    vmax = max(float(np.ma.max(W)) if np.ma.count(W) else 0.0, 1e-12)
+    im = ax.imshow(W, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
+    ax.set_facecolor("0.92")  # padding: masked, drawn in grey
+    for i, sent in enumerate(tokens or ()):
+        for j, tok in enumerate(sent):
+            ax.text(j, i, tok, ha="center", va="center", fontsize=8, color="white" if W[i, j] > 0.6 * vmax else "k")
+    ax.set(xlabel="word", ylabel="sentence", title="word weights (per sentence)")
+    ax.set_xticks(range(n_words))
+    ax.set_yticks(range(n_sent))
+    ax_s.barh(range(n_sent), s, color="C0")
+    for i, v in enumerate(s):
+        ax_s.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    ax_s.set_xlim(0, max(1.0, float(s.max()) * 1.35))
+    ax_s.set(xlabel="weight", title="sentence weights")
+    ax_s.tick_params(left=False)
+    fig.colorbar(im, ax=[ax, ax_s], shrink=0.8, pad=0.02, label="word weight")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+    return fig
+
+
+__all__ = ["hierarchy_weights", "plot_bench", "plot_fit", "positional_table", "show_heatmaps"]
