@@ -15,7 +15,7 @@ from . import blockwise, ops
 from .masks import MaskSpec
 from .ops import reference
 from .ops.schemas import PROFILES, TERMS
-from .pooling import masked_softmax, pool, straight_through
+from .pooling import SPARSE_POOLINGS, masked_softmax, pool, straight_through
 from .scoring import Bilinear, Elementwise
 
 BACKENDS = ("auto", "fused", "reference", "blockwise")
@@ -45,6 +45,10 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
             " (average pooling reads no scores)" if backend == "blockwise" else ""), None
     if backend == "blockwise":
         return "blockwise", "blockwise: requested with backend='blockwise'", None
+    if pooling in SPARSE_POOLINGS:
+        if backend == "fused":
+            raise ValueError(f"backend: 'fused' has no {pooling} kernel; use 'auto', 'blockwise' or 'reference'")
+        return _reference_or_blockwise(f"{pooling} has no fused kernel", pooling, query, key)
     if backend == "auto" and not ops.EXTENSION:
         return _reference_or_blockwise(f"fused ops not compiled ({ops.EXTENSION_STATUS})", pooling, query, key)
     compiled = _compiled_for(query)

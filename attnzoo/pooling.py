@@ -4,6 +4,8 @@
 * ``hard``:    ``w_ij = 1[j = argmax_l s_il]`` (first index on ties); the gradient is the
   soft one (straight-through: ``w = onehot + p - p.detach()``), since the true one is zero.
 * ``average``: ``w_ij = 1 / #valid_i`` (scores are ignored: d2l's baseline)
+* ``sparsemax``, ``entmax15``: ``w_ij = [z_ij - tau_i]_+^(1/(alpha-1))``, ``z = (alpha - 1) s``, ``sum_j w_ij = 1``
+  (alpha 2 and 1.5; exact zeros outside the support, :mod:`attnzoo.sparse`)
 
 ``local`` is soft pooling with a window mask, see :mod:`attnzoo.masks`.
 A row with no valid key gets all-zero weights (so a zero output) and zero gradients.
@@ -16,7 +18,9 @@ from torch import Tensor
 
 from .ops.schemas import POOLINGS as _CODES
 
-POOLINGS = tuple(_CODES)  # the names, in the order of the kernels' codes
+KERNEL_POOLINGS = tuple(_CODES)  # the fused kernels' poolings, in the order of their codes
+SPARSE_POOLINGS = ("sparsemax", "entmax15")  # reference and blockwise only
+POOLINGS = KERNEL_POOLINGS + SPARSE_POOLINGS
 
 
 def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
@@ -51,4 +55,8 @@ def pool(scores: Tensor | None, valid: Tensor, pooling: str, dtype: torch.dtype)
         return masked_softmax(scores, valid)
     if pooling == "hard":
         return straight_through(one_hot_argmax(scores, valid), masked_softmax(scores, valid))
+    if pooling in SPARSE_POOLINGS:
+        from . import sparse
+
+        return getattr(sparse, pooling)(scores, valid)
     raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")

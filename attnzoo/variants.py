@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from . import backends, blockwise
 from .interface import Attention
 from .masks import MaskSpec
-from .measures import soft_weights_entropy
-from .pooling import POOLINGS, pool
+from .measures import soft_weights_entropy, weights_entropy
+from .pooling import POOLINGS, SPARSE_POOLINGS, pool
 from .positions import alibi_slopes_tensor
+from .sparse import ALPHAS, sparse_attend
 from .validation import check_window
 
 # return_entropy=True: soft pooling computes the entropy densely up to batch x Nq x Nk this many elements,
@@ -58,7 +59,8 @@ def _pool_nonfinite(weights: Tensor, value: Tensor, valid: Tensor) -> Tensor:
 
 
 class PooledAttention(Attention):
-    """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average``), optionally causal or windowed.
+    """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average`` | ``sparsemax`` | ``entmax15``), optionally causal
+    or windowed.
 
     ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``.
     ``alibi``: ALiBi slopes ``m`` (a number, or one per head for multi-head inputs ``(..., H, N, D)``):
@@ -74,6 +76,8 @@ class PooledAttention(Attention):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
         check_window(window)
+        if pooling in SPARSE_POOLINGS and backend == "fused":
+            raise ValueError(f"backend: 'fused' has no {pooling} kernel; use 'auto', 'blockwise' or 'reference'")
         if score is None and pooling != "average":
             raise ValueError(f"score: pooling {pooling!r} needs a score, got None")
         if sampler is not None and pooling != "hard":
@@ -143,6 +147,9 @@ class PooledAttention(Attention):
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         ent = None
+        if entropy and self.pooling in SPARSE_POOLINGS:  # from the (dense) weights
+            out, weights, _ = self._attend(query, key, value, spec, True, False)
+            return out, (weights if return_weights else None), weights_entropy(weights)
         if entropy and self.pooling != "soft":  # one-hot weights: 0; uniform ones: log #valid (no gradient)
             out, weights, _ = self._attend(query, key, value, spec, return_weights, False)
             ent = _zero_attached(query, key, value).expand(*spec.batch, spec.nq)
@@ -160,6 +167,8 @@ class PooledAttention(Attention):
             def check(s, q, k):
                 _check_scores(self.score, s, q, MaskSpec(spec.batch, q.shape[-2], k.shape[-2]))
 
+            if self.pooling in SPARSE_POOLINGS:
+                return sparse_attend(self.score, check, ALPHAS[self.pooling], query, key, value, spec), None, None
             res = blockwise.attend(self.score, check, self.pooling, query, key, value, spec, entropy)
             return (res[0], None, res[1]) if entropy else (res, None, None)
         else:

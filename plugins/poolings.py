@@ -1,4 +1,4 @@
-"""Built-in pooling variants: ``soft``, ``hard``, ``local`` and ``average``.
+"""Built-in pooling variants: ``soft``, ``hard``, ``local``, ``average``, ``sparsemax`` and ``entmax15``.
 
 Each takes ``score=`` (default ``scaled_dot``) plus that score's own options, so any
 registered score composes with any pooling: ``create("hard", score="cosine")``.
@@ -102,6 +102,12 @@ def _local(score: str = "scaled_dot", causal: bool = False, window: int | None =
 
 
 
+_sparsemax = _pooling("sparsemax", "Sparsemax attention (Martins & Astudillo 2016): w = [s - tau]_+ with sum w = 1, "
+                      "exact zeros outside the support.")
+_entmax15 = _pooling("entmax15", "1.5-entmax attention (Peters et al. 2019): w = [s/2 - tau]_+^2 with sum w = 1, "
+                     "between softmax and sparsemax.")
+
+
 def _average(causal: bool = False, window: int | None = None, backend: str = "auto"):
     """Average pooling: uniform weights over the valid keys, ignoring the query (d2l's baseline)."""
     return PooledAttention(None, "average", causal=causal, window=window, backend=backend)
@@ -114,3 +120,5 @@ def attnzoo_register_variants(register):
     register("hard", _hard, capabilities={"hard"}, example_options=example)
     register("local", _local, capabilities={"soft", "positional", "window"}, example_options=example)
     register("average", _average, capabilities={"average"})
+    register("sparsemax", _sparsemax, capabilities={"sparsemax", "sparse"}, example_options=example)
+    register("entmax15", _entmax15, capabilities={"entmax15", "sparse"}, example_options=example)

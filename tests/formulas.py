@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-POOLINGS = ("soft", "hard", "local")
+POOLINGS = ("soft", "hard", "local", "sparsemax", "entmax15")
 
 
 def dot(score, q, k):
@@ -67,6 +67,20 @@ def _heads(x, lin, num_heads):  # (..., N, E) -> (..., H, N, E / H)
     return y.unflatten(-1, (num_heads, -1)).transpose(-2, -3)
 
 
+def _local_p(formula, D):
+    """Luong's local-p: ``s_ij - (j - p_i)^2 / (2 (D/2)^2)`` on ``|j - p_i| <= D`` (-inf elsewhere), with the
+    centre ``p_i = Nk sigmoid(v_p^T tanh(W_p q_i))``."""
+    def scores(attn, q, k):
+        nk = k.shape[-2]
+        h = torch.tanh(torch.einsum("...id,hd->...ih", q, attn.W_p.weight))
+        p = nk * torch.sigmoid(h @ attn.v_p.weight[0])
+        d = torch.arange(nk, dtype=q.dtype) - p.unsqueeze(-1)
+        s = formula(attn.score, q, k) - d**2 / (2 * (D / 2) ** 2)
+        return s.masked_fill(d.abs() > D, float("-inf"))
+
+    return scores
+
+
 def _alibi(formula, slopes):
     """Press et al.'s linear bias: ``s_ij - m |i - j|``, ``m`` per head (a tensor broadcast over the batch)."""
     def biased(attn, q, k):
@@ -82,8 +96,8 @@ def reference_for(name: str, options: dict):
     """The reference formula of the built-in variant ``create(name, **options)``."""
     if name == "average":
         return lambda attn, q, k: q.new_zeros(*q.shape[:-1], k.shape[-2])  # scores are not used
-    if options.get("predict_center"):  # its window depends on the lengths: tests/test_local_p.py
-        return None
+    if options.get("predict_center"):
+        return _local_p(SCORES[options.get("score", "scaled_dot")], options["window"])
     alibi = options.get("position") == "alibi"
     if name == "multihead":
         formula = SCORES[options.get("score", "scaled_dot")]

@@ -476,10 +476,26 @@ def _reference_weights(scores: torch.Tensor, valid: torch.Tensor, caps: frozense
         return valid.double() / n.clamp_min(1)
     s = scores.masked_fill(~valid, float("-inf"))
     live = torch.isfinite(s).any(-1, keepdim=True)  # rows with a key of finite score
+    for name, alpha in (("sparsemax", 2.0), ("entmax15", 1.5)):
+        if name in caps:
+            return _bisected_entmax(torch.where(live, s, 0.0), alpha) * live
     if "hard" in caps:
         first = s.argmax(-1, keepdim=True)  # torch.argmax returns the first maximum
         return torch.zeros_like(s).scatter(-1, first, 1.0) * live
     return torch.softmax(torch.where(live, s, 0.0), -1) * live
+
+
+def _bisected_entmax(s: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha-entmax of each row by bisection on its threshold (float64, to the last bit):
+    ``w = [(alpha - 1) s - tau]_+^(1 / (alpha - 1))`` with ``tau`` such that ``sum w = 1``."""
+    z = (alpha - 1) * (s - s.amax(-1, keepdim=True))
+    lo, hi = torch.full_like(z[..., :1], -1.0), torch.zeros_like(z[..., :1])  # sum w >= 1 at lo, <= 1 at hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        over = (z - mid).clamp_min(0).pow(1 / (alpha - 1)).sum(-1, keepdim=True) >= 1
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+    w = (z - lo).clamp_min(0).pow(1 / (alpha - 1))
+    return w / w.sum(-1, keepdim=True)
 
 
 @check(needs={"reference"}, skips={"stochastic"})
