@@ -119,25 +119,32 @@ def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
     return t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
 
 
+def fused_entropy(query: Tensor, pooling: str) -> bool:
+    """Whether the kernels for ``query``'s device return the entropy (soft pooling, the CPU kernels)."""
+    return pooling == "soft" and query.device.type == "cpu" and "cpu" in ops.compiled_devices()
+
+
 def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Tensor, value: Tensor,
-              spec: MaskSpec, return_weights: bool) -> tuple[Tensor, Tensor | None]:
-    """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form."""
+              spec: MaskSpec, return_weights: bool, entropy: bool = False):
+    """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form.
+    Returns ``(out, weights or None)``, and with ``entropy`` (where :func:`fused_entropy`) ``(out, weights, H)``."""
     nb = len(spec.batch)
     valid_lens, mask = spec.flat()
     bias, alibi = spec.flat_positions()
     kw = dict(valid_lens=valid_lens, mask=mask, bias=bias, alibi=alibi, pooling=pooling, causal=spec.causal,
-              window=spec.window)
+              window=spec.window, entropy=entropy)
     v = _flat(value, nb)
     if isinstance(form, Bilinear):
         kb = None if form.key_bias is None else _flat(form.key_bias, nb)
-        out, lse, argmax = ops.bilinear_attention(_flat(form.q, nb), _flat(form.k, nb), v, kb, form.scale, **kw)
+        res = ops.bilinear_attention(_flat(form.q, nb), _flat(form.k, nb), v, kb, form.scale, **kw)
     else:
-        out, lse, argmax = ops.elementwise_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v,
-                                                     term=form.term, profile=form.profile, **kw)
-    out = out.reshape(*spec.batch, *out.shape[1:])
-    if not return_weights:
-        return out, None
-    return out, _fused_weights(form, pooling, query, spec, argmax)
+        res = ops.elementwise_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v,
+                                        term=form.term, profile=form.profile, **kw)
+    out, argmax = res[0].reshape(*spec.batch, *res[0].shape[1:]), res[2]
+    weights = _fused_weights(form, pooling, query, spec, argmax) if return_weights else None
+    if not entropy:
+        return out, weights
+    return out, weights, res[3].reshape(*spec.batch, spec.nq).to(query.dtype)
 
 
 def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:

@@ -2,9 +2,10 @@
 
 Uniform weights over ``n`` keys give ``log n``, a one-hot gives 0, a row with no valid key 0.
 ``attn(q, k, v, return_entropy=True)`` returns it beside the output, ``(..., Nq)`` (multi-head
-``(..., H, Nq)``), differentiable, so it can be a regulariser. Soft pooling computes it from the scores,
-``H_i = -sum_j w_ij (s_ij - lse_i)`` (exact, with ``log w`` never rounded through ``w``); past a small size
-in one blockwise pass that keeps no ``Nq x Nk`` tensor (:mod:`attnzoo.blockwise`); hard weights are
+``(..., H, Nq)``), differentiable, so it can be a regulariser. Soft pooling computes it in the pass that
+pools: the CPU kernels from the running ``sum_j exp(s_ij - m_i)(s_ij - m_i)`` (``entropy=True`` of the ops);
+elsewhere one blockwise pass with the same sums (:mod:`attnzoo.blockwise`), or for small inputs the scores,
+``H_i = -sum_j w_ij (s_ij - lse_i)``; none keeps an ``Nq x Nk`` tensor past that size. Hard weights are
 one-hot (``H = 0``), average ones uniform (``H = log #valid``). Other variants: from the weights they return.
 """
 

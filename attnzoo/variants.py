@@ -19,8 +19,8 @@ from .positions import alibi_slopes_tensor
 from .sparse import ALPHAS, sparse_attend
 from .validation import check_window
 
-# return_entropy=True: soft pooling computes the entropy densely up to batch x Nq x Nk this many elements,
-# blockwise above (the fused kernels do not compute it)
+# return_entropy=True where the kernels do not compute the entropy (CUDA, no fused form): soft pooling computes it
+# densely up to batch x Nq x Nk this many elements, blockwise above
 ENTROPY_DENSE_ELEMENTS = 2**22
 
 
@@ -156,9 +156,11 @@ class PooledAttention(Attention):
             if self.pooling == "average":
                 ent = ent + torch.log(_valid_counts(spec, query.device).clamp_min(1).to(query.dtype))
             return out, weights, ent
+        if entropy and backend == "fused" and backends.fused_entropy(query, self.pooling) and not nonfinite:
+            return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights, True)
         if entropy and backend != "reference" and not (return_weights or nonfinite) and (
                 math.prod(spec.batch) * spec.nq * spec.nk > ENTROPY_DENSE_ELEMENTS):
-            backend = "blockwise"  # the fused kernels return no entropy; this pass keeps no Nq x Nk tensor
+            backend = "blockwise"  # no kernel returns the entropy here; this pass keeps no Nq x Nk tensor
         elif entropy:
             backend = "reference"
         if backend == "fused":

@@ -381,6 +381,23 @@ def test_position_overhead(benchmark, position):
         run(benchmark, f"sdp_module_{position or 'plain'}_2048", lambda: attn(q, k, v, **kw), rounds=5)
 
 
+# --- attention entropy (return_entropy=True): the running sum in the same pass, against the plain call --------
+@pytest.mark.parametrize("entropy", [False, True])
+@pytest.mark.parametrize("variant", ["scaled_dot", "additive"])
+def test_entropy_overhead(benchmark, variant, entropy):
+    import attnzoo
+
+    N = 2048 if variant == "scaled_dot" else 1024
+    benchmark.group = f"{variant} module, (1, 8, {N}, 64), return_entropy"
+    q, k, v = qkv(N)
+    opts = dict(query_dim=64, key_dim=64, hidden_dim=64) if variant == "additive" else {}
+    torch.manual_seed(0)
+    attn = attnzoo.create(variant, backend="fused", **opts)
+    with torch.no_grad():
+        run(benchmark, f"{variant}_module_{'entropy' if entropy else 'plain'}_{N}",
+            lambda: attn(q, k, v, return_entropy=entropy), rounds=5)
+
+
 # --- targets --------------------------------------------------------------------------------------
 # (name, numerator, denominator, bound): numerator / denominator <= bound
 TARGETS = [
@@ -395,6 +412,9 @@ TARGETS = [
     ("forward-only blockwise / reference N=1024", "fwdonly_blockwise_1024", "fwdonly_reference_1024", 2.0),
     ("rope / plain scaled_dot module N=2048", "sdp_module_rope_2048", "sdp_module_plain_2048", 1.15),
     ("alibi / plain scaled_dot module N=2048", "sdp_module_alibi_2048", "sdp_module_plain_2048", 1.15),
+    ("entropy / plain scaled_dot module N=2048", "scaled_dot_module_entropy_2048", "scaled_dot_module_plain_2048",
+     1.25),
+    ("entropy / plain additive module N=1024", "additive_module_entropy_1024", "additive_module_plain_1024", 1.1),
 ]
 
 

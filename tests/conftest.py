@@ -39,6 +39,19 @@ def pytest_configure(config):
                                 f"{_under_test()}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without ``-m``, leave out the slow-marked tests under tests/ (long sizes; ``-m slow`` runs them)."""
+    if config.option.markexpr:
+        return
+    keep, drop = [], []
+    for item in items:
+        under_tests = Path(str(item.fspath)).resolve().is_relative_to(ROOT / "tests")
+        (drop if under_tests and item.get_closest_marker("slow") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """Replace the process-wide registry with a new one for the test."""

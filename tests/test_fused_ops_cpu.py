@@ -107,19 +107,19 @@ def check_against_reference(family, dtype, pooling, B, Nq, Nk, masks="none", key
     # held to the exact answer, not to eager float32's rounding of it.
     args64 = _to_float64(args)
     want = fwd_ref(*args64, *margs)
-    for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
+    for name, x, y in zip(("out", "lse", "argmax", "soft_out", "entropy"), got, want, strict=True):
         assert x.shape == y.shape, name
         if x.dtype == torch.int64:
             assert torch.equal(x, y), name
         else:
-            assert x.dtype == (ref.acc_dtype(dtype) if name == "lse" else dtype), name
+            assert x.dtype == (ref.acc_dtype(dtype) if name in ("lse", "entropy") else dtype), name
             torch.testing.assert_close(x, y.to(x.dtype), **TOL[dtype], msg=name)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
     glse = torch.randn(got[1].shape, generator=g, dtype=torch.float64).to(got[1].dtype) if grad_lse else None
-    grads = bwd(grad_out, glse, *args, *margs, False, *got)
+    grads = bwd(grad_out, glse, *args, *margs, False, *got[:4])
     # (the oracle's backward reads the kernel's own saved outputs: bfloat16's rounded out enters D_i)
-    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, False, *_to_float64(got))
+    grads_ref = bwd_ref(*_to_float64((grad_out, glse)), *args64, *margs, False, *_to_float64(got[:4]))
     for x, y in zip(grads, grads_ref, strict=True):
         assert x.shape == y.shape and x.dtype == dtype
         torch.testing.assert_close(x, y.to(x.dtype), **bwd_tol(family, dtype))
@@ -163,7 +163,7 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
     fwd, fwd_ref, bwd, bwd_ref = ops_for("additive")
     got = fwd(*args, *margs)
     want = fwd_ref(*[x.double() for x in args], *margs)
-    for name, x, y in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
+    for name, x, y in zip(("out", "lse", "argmax", "soft_out", "entropy"), got, want, strict=True):
         if x.dtype == torch.int64:
             assert torch.equal(x, y), name
         else:
@@ -171,9 +171,9 @@ def _check_additive_scaled(a, b, w, v, pooling, masks):
             torch.testing.assert_close(x.double(), y, **TOL[dtype], msg=name)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(got[0].shape, generator=g, dtype=torch.float64).to(dtype)
-    grads = bwd(grad_out, None, *args, *margs, False, *got)
+    grads = bwd(grad_out, None, *args, *margs, False, *got[:4])
     outs = [x.double() if x.is_floating_point() else x for x in got]
-    grads_ref = bwd_ref(grad_out.double(), None, *[x.double() for x in args], *margs, False, *outs)
+    grads_ref = bwd_ref(grad_out.double(), None, *[x.double() for x in args], *margs, False, *outs[:4])
     for x, y in zip(grads, grads_ref, strict=True):
         assert not x.isnan().any()
         torch.testing.assert_close(x.double(), y, **TOL[dtype])
@@ -264,7 +264,7 @@ def test_opcheck(family, pooling):
     saved = fwd(*args, *margs)
     grad_out = torch.randn_like(saved[0])
     grad_lse = torch.randn_like(saved[1])
-    torch.library.opcheck(bwd, (grad_out, grad_lse, *args, *margs, False, *saved))
+    torch.library.opcheck(bwd, (grad_out, grad_lse, *args, *margs, False, *saved[:4]))
 
 
 @pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
@@ -362,7 +362,7 @@ def test_hard_ties_pick_first_key():
     v = torch.arange(11.0).view(1, -1, 1)
     valid_lens = torch.tensor([[11, 1, 4]])
     for dtype in (torch.float32, torch.float64):
-        out, _, argmax, _ = torch.ops.attnzoo.bilinear_fwd(
+        out, _, argmax, *_ = torch.ops.attnzoo.bilinear_fwd(
             q.to(dtype), k.to(dtype), v.to(dtype), None, 1.0, valid_lens, None, None, None, HARD, False, -1
         )
         assert argmax.tolist() == [[1, 0, 1]] and out.view(-1).tolist() == [1.0, 0.0, 1.0]
@@ -405,7 +405,7 @@ def test_hard_identical_keys_pick_the_first(family, dtype, D, masks):
     for Nk in TIE_NK:
         for Nq in TIE_NQ:
             args = _tie_inputs(family, dtype, 2, Nq, Nk, D, gen)
-            out, _, argmax, _ = fwd(*args, None, None, None, None, HARD, causal, window)
+            out, _, argmax, *_ = fwd(*args, None, None, None, None, HARD, causal, window)
             want = _first_true(ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0])
             bad = (argmax != want).nonzero()
             assert bad.numel() == 0, (f"Nk={Nk} Nq={Nq}: {len(bad)} rows pick another key, e.g. "
@@ -436,7 +436,7 @@ def test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, D, mask
         args = (x, keys, v, None, 0.125)
     else:
         args = (x, keys, torch.rand(D, generator=gen) + 0.5, v)
-    _, _, argmax, _ = ops_for(family)[0](*args, None, None, None, None, HARD, causal, window)
+    _, _, argmax, *_ = ops_for(family)[0](*args, None, None, None, None, HARD, causal, window)
     sees = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0] & winner  # (Nq, Nk)
     rows = sees.any(-1)
     assert rows.sum() >= 60

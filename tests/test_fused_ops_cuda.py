@@ -163,7 +163,7 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     want = ref_fwd(*args_c)
     assert got[0].dtype == dtype and got[0].device.type == "cuda"
     assert got[1].dtype == ref.acc_dtype(dtype)
-    for name, g, w in zip(("out", "lse", "argmax", "soft_out"), got, want, strict=True):
+    for name, g, w in zip(("out", "lse", "argmax", "soft_out", "entropy"), got, want, strict=True):
         if name == "argmax" and dtype in (torch.float16, torch.bfloat16) and pooling == "hard":
             # near-ties may break differently in low precision: check consistency instead
             assert torch.equal((g.cpu() < 0), (w < 0)), "argmax: empty rows differ"
@@ -178,13 +178,14 @@ def _run_case(family, dtype, pooling, mask_kind, B=2, Nq=37, Nk=70, D=24, Dv=20,
     grad_out = torch.randn(B, Nq, Dv_, generator=gen).to(dtype)
     grad_lse = torch.randn(B, Nq, generator=gen).to(ref.acc_dtype(dtype))
     if family == "bilinear":
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, bias_grad, *got)
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), td[0], td[1], td[2], td[3], scale, *margs_d, bias_grad,
+                    *got[:4])
         gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), tc[0], tc[1], tc[2], tc[3], scale, *margs_c, bias_grad,
-                     *want)
+                     *want[:4])
         names = ("dq", "dk", "dv", "dkey_bias", "dbias")
     else:
-        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, bias_grad, *got)
-        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, bias_grad, *want)
+        gd = bwd_op(_dev(grad_out), _dev(grad_lse), *td, *margs_d, bias_grad, *got[:4])
+        gw = ref_bwd(_cpu64(grad_out), _cpu64(grad_lse), *tc, *margs_c, bias_grad, *want[:4])
         names = ("da", "db", "dw", "dv", "dbias")
     for name, g, w in zip(names, gd, gw, strict=True):
         assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
@@ -260,7 +261,7 @@ def test_hard_identical_keys_pick_the_first(family, dtype, D):
                     args = (_dev(q), _dev(k), _dev(v), None, 0.125)
                 else:
                     args = (_dev(q), _dev(k), _dev(torch.randn(D, generator=gen).to(dtype)), _dev(v))
-                _, _, argmax, _ = fwd(*args, None, None, None, None, POOLINGS["hard"], causal, window)
+                _, _, argmax, *_ = fwd(*args, None, None, None, None, POOLINGS["hard"], causal, window)
                 valid = ref.valid_matrix(1, Nq, Nk, "cpu", None, None, causal, window)[0]
                 want = torch.where(valid.any(-1), valid.to(torch.int8).argmax(-1), -1).expand(2, -1)
                 bad = (argmax.cpu() != want).nonzero()
@@ -284,7 +285,7 @@ def test_no_keys():
     q = torch.randn(2, 5, 8, device=DEV)
     k = torch.randn(2, 0, 8, device=DEV)
     v = torch.randn(2, 0, 4, device=DEV)
-    out, lse, argmax, _ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, None, None, 1, False, -1)
+    out, lse, argmax, *_ = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 1.0, None, None, None, None, 1, False, -1)
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.isinf(lse).all() and (lse < 0).all()
     assert (argmax == -1).all()
@@ -376,8 +377,21 @@ def test_opcheck(family, pooling):
     Dv = nograd[2].shape[-1] if family == "bilinear" else nograd[3].shape[-1]
     g = torch.randn(B, Nq, Dv, device=DEV)
     gl = torch.randn(B, Nq, device=DEV)
-    bargs = (g, gl, *nograd, *saved)
+    bargs = (g, gl, *nograd, False, *saved[:4])
     torch.library.opcheck(bwd.default, bargs)
+
+
+def test_entropy_is_refused_by_the_kernels_and_computed_off_them():
+    q, k, v = (torch.randn(2, 300, 16, device=DEV) for _ in range(3))
+    with pytest.raises(RuntimeError, match="entropy"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 0.25, None, None, None, None, 0, False, -1, True)
+    import attnzoo
+
+    attn = attnzoo.create("scaled_dot")
+    out, ent = attn(q, k, v, return_entropy=True)  # on CUDA off the kernels (the reference at this size)
+    out_c, ent_c = attn(q.cpu(), k.cpu(), v.cpu(), return_entropy=True)  # the CPU kernels
+    torch.testing.assert_close(ent.cpu(), ent_c, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.cpu(), out_c, atol=1e-4, rtol=0)
 
 
 def test_all_parametrisations_listed():

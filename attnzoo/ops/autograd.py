@@ -7,23 +7,26 @@ import torch
 from .reference import HARD, acc_dtype
 
 
-def _fwd_fake(x, v, pooling):
+def _fwd_fake(x, v, pooling, entropy):
     B, Nq = x.shape[0], x.shape[1]
     out = x.new_empty(B, Nq, v.shape[-1])
     lse = x.new_empty(B, Nq, dtype=acc_dtype(x.dtype))
+    ent = x.new_empty((B, Nq) if entropy else (0,), dtype=acc_dtype(x.dtype))
     if pooling == HARD:
-        return out, lse, x.new_empty(B, Nq, dtype=torch.int64), x.new_empty(B, Nq, v.shape[-1])
-    return out, lse, x.new_empty(0, dtype=torch.int64), x.new_empty(0)
+        return out, lse, x.new_empty(B, Nq, dtype=torch.int64), x.new_empty(B, Nq, v.shape[-1]), ent
+    return out, lse, x.new_empty(0, dtype=torch.int64), x.new_empty(0), ent
 
 
 @torch.library.register_fake("attnzoo::bilinear_fwd")
-def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window):
-    return _fwd_fake(q, v, pooling)
+def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
+                       entropy=False):
+    return _fwd_fake(q, v, pooling, entropy)
 
 
 @torch.library.register_fake("attnzoo::elementwise_fwd")
-def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window):
-    return _fwd_fake(a, v, pooling)
+def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window,
+                          entropy=False):
+    return _fwd_fake(a, v, pooling, entropy)
 
 
 def _dbias_fake(x, bias, bias_grad):
@@ -32,7 +35,7 @@ def _dbias_fake(x, bias, bias_grad):
 
 @torch.library.register_fake("attnzoo::bilinear_bwd")
 def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal,
-                       window, bias_grad, *saved):
+                       window, bias_grad, *saved, grad_entropy=None, saved_entropy=None):
     # the kernels return contiguous gradients, whatever the inputs' strides
     dkb = key_bias.new_empty(key_bias.shape) if key_bias is not None else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb, _dbias_fake(q, bias, bias_grad)
@@ -40,26 +43,33 @@ def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens,
 
 @torch.library.register_fake("attnzoo::elementwise_bwd")
 def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
-                          causal, window, bias_grad, *saved):
+                          causal, window, bias_grad, *saved, grad_entropy=None, saved_entropy=None):
     return (a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape),
             _dbias_fake(a, bias, bias_grad))
 
 
-# The mask group of both ops' inputs (schemas._MASKS): valid_lens, mask, bias, alibi, pooling, causal, window.
-_BIAS, _ALIBI = 2, 3
+# The mask group of both ops' inputs (schemas._MASKS): valid_lens, mask, bias, alibi, pooling, causal, window;
+# then the forward's entropy flag.
+_BIAS, _ALIBI, _N_MASKS = 2, 3, 7
 
 
 def _setup(ctx, inputs, output, n_tensors, masks_at):
-    out, lse, argmax, soft_out = output
+    out, lse, argmax, soft_out, ent = output
     alibi = inputs[masks_at + _ALIBI]
     if alibi is not None and alibi.requires_grad:
         raise ValueError("alibi: the slopes are constants (no gradient is computed); pass alibi.detach()")
     ctx.mark_non_differentiable(argmax, soft_out)
-    ctx.save_for_backward(*inputs[:n_tensors], out, lse, argmax, soft_out)
+    ctx.save_for_backward(*inputs[:n_tensors], out, lse, argmax, soft_out, ent)
     ctx.rest = inputs[n_tensors:masks_at]
-    ctx.mask_args = inputs[masks_at:]
+    ctx.mask_args = inputs[masks_at:masks_at + _N_MASKS]
+    ctx.entropy = len(inputs) > masks_at + _N_MASKS and bool(inputs[masks_at + _N_MASKS])
     ctx.bias_at = masks_at + _BIAS
     ctx.n_inputs = len(inputs)
+
+
+def _entropy_grad(ctx, grad_ent, ent) -> dict:
+    """The backward's entropy arguments: both when the forward computed the entropy and it has a gradient."""
+    return dict(grad_entropy=grad_ent, saved_entropy=ent) if ctx.entropy and grad_ent is not None else {}
 
 
 def _grads(ctx, tensor_grads, dbias):
@@ -75,11 +85,11 @@ def _bilinear_setup(ctx, inputs, output):
     _setup(ctx, inputs, output, 4, 5)
 
 
-def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
-    q, k, v, key_bias, out, lse, argmax, soft_out = ctx.saved_tensors
+def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent):
+    q, k, v, key_bias, out, lse, argmax, soft_out, ent = ctx.saved_tensors
     dq, dk, dv, dkb, dbias = torch.ops.attnzoo.bilinear_bwd(
         grad_out.contiguous(), grad_lse, q, k, v, key_bias, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent)
     )
     return _grads(ctx, (dq, dk, dv, dkb if key_bias is not None else None), dbias)
 
@@ -89,11 +99,11 @@ def _elementwise_setup(ctx, inputs, output):
     _setup(ctx, inputs, output, 4, 6)
 
 
-def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft):
-    a, b, w, v, out, lse, argmax, soft_out = ctx.saved_tensors
+def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent):
+    a, b, w, v, out, lse, argmax, soft_out, ent = ctx.saved_tensors
     da, db, dw, dv, dbias = torch.ops.attnzoo.elementwise_bwd(
         grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent)
     )
     return _grads(ctx, (da, db, dw, dv), dbias)
 

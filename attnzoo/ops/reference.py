@@ -127,28 +127,44 @@ def elementwise_scores(a, b, w, term, profile):
     return phi, r, torch.where(r.isnan(), r, s)
 
 
-def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window):
+def _log_weights(s: Tensor, lse: Tensor, valid: Tensor) -> Tensor:
+    """``log p_ij = s_ij - lse_i`` where ``p_ij > 0`` (valid, finite score, row with a key), else 0."""
+    live = valid & ~torch.isneginf(s) & ~torch.isneginf(lse).unsqueeze(-1)
+    return torch.where(live, s - lse.unsqueeze(-1), 0.0)
+
+
+def _entropy(s, lse, p, valid, pooling, entropy: bool):
+    """The ops' entropy output: ``-sum_j p_ij log p_ij`` (B, Nq) when asked for, else empty."""
+    if not entropy:
+        return s.new_empty(0)
+    if pooling != SOFT:
+        raise ValueError(f"entropy: entropy=True needs soft pooling ({SOFT}), got pooling {pooling}")
+    return -(p * _log_weights(s, lse, valid)).sum(-1)
+
+
+def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
     s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
-    out, lse, argmax, soft_out, _ = _pool(s, v, valid, pooling, q.dtype)
-    return out, lse, argmax, soft_out
+    out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, q.dtype)
+    return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
 
-def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window):
+def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
     s = add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi)
-    out, lse, argmax, soft_out, _ = _pool(s, v, valid, pooling, a.dtype)
-    return out, lse, argmax, soft_out
+    out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, a.dtype)
+    return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
 
-def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out):
+def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out, grad_entropy=None, entropy=None):
     """Gradients of the pooling: returns (ds (B, Nq, Nk), dv (B, Nk, Dv)) in the accumulation dtype.
 
     ``p = exp(s - lse)``; ``dv = p^T dO`` (hard: one-hot^T dO);
     ``ds_ij = p_ij (dO_i . v_j - D_i)`` with ``D_i = dO_i . o_i - grad_lse_i``, where
     ``o`` is the soft output (``soft_out`` for hard pooling); average pooling has ``ds = 0``.
+    The entropy's gradient ``gH`` adds ``-gH_i p_ij (log p_ij + H_i)``.
     """
     acc = s.dtype
     g = grad_out.to(acc)
@@ -165,15 +181,19 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
     if grad_lse is not None:
         delta = delta - grad_lse.to(acc)
     ds = p * (g @ vv.transpose(-1, -2) - delta.unsqueeze(-1))
+    if grad_entropy is not None:
+        gh = grad_entropy.to(acc).unsqueeze(-1)
+        ds = ds - gh * p * (_log_weights(s.masked_fill(~valid, float("-inf")), lse, valid)
+                            + entropy.to(acc).unsqueeze(-1))
     return ds, dv
 
 
 def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
-                 bias_grad, out, lse, argmax, soft_out):
+                 bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
     s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
-    ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out)
+    ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out, grad_entropy, saved_entropy)
     acc = s.dtype
     dq = scale * (ds @ k.to(acc))
     dk = scale * (ds.transpose(-1, -2) @ q.to(acc))
@@ -182,11 +202,12 @@ def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask,
 
 
 def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal,
-                    window, bias_grad, out, lse, argmax, soft_out):
+                    window, bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
     phi, r, s = elementwise_scores(a, b, w, term, profile)
-    ds, dv = _score_grad(grad_out, grad_lse, add_positions(s, bias, alibi), v, valid, pooling, out, argmax, soft_out)
+    ds, dv = _score_grad(grad_out, grad_lse, add_positions(s, bias, alibi), v, valid, pooling, out, argmax, soft_out,
+                         grad_entropy, saved_entropy)
     dbias = _dbias(ds, bias, bias_grad, a)
     acc = s.dtype
     if profile == BOXCAR:  # g' = 0

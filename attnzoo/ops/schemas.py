@@ -18,11 +18,15 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
   (backward): return ``dbias`` (the bias's shape and dtype, summed over its size-1 dims), else an empty tensor.
 * ``causal``: key ``j`` valid only if ``j <= i``; ``window >= 0``: only if ``|i - j| <= window``.
 * A row with no valid key: ``out`` 0, ``lse`` -inf, ``argmax`` -1, all gradients 0.
-* Outputs ``(out, lse, argmax, soft_out)``: ``lse`` is the log-sum-exp of the valid
+* Outputs ``(out, lse, argmax, soft_out, entropy)``: ``lse`` is the log-sum-exp of the valid
   scores (log of the count for average), in float32 (float64 for float64 inputs);
   ``argmax`` (hard only, else empty) is the first index of the row maximum;
   ``soft_out`` (hard only, else empty) is the softmax-pooled output that the
-  straight-through backward needs.
+  straight-through backward needs; ``entropy`` (``entropy=True``, soft pooling and the CPU kernels
+  only, else empty) is ``H_i = -sum_j p_ij log p_ij`` in lse's dtype (0 for a row with no key),
+  from the running ``sum_j exp(s_ij - m_i)(s_ij - m_i)`` of the same pass.
+* Backward: ``grad_entropy`` (B, Nq) with the forward's ``saved_entropy`` adds
+  ``dH_i/ds_ij = -p_ij (s_ij - lse_i + H_i)`` to ``ds``.
 """
 
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
@@ -32,23 +36,26 @@ PROFILES = {"identity": 0, "boxcar": 1, "epanechnikov": 2}
 
 _MASKS = "Tensor? valid_lens, Tensor? mask, Tensor? bias, Tensor? alibi, int pooling, bool causal, int window"
 _SAVED = "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
-_FWD_OUT = "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out)"
+_FWD_OUT = "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out, Tensor entropy)"
+_ENTROPY_GRAD = "Tensor? grad_entropy=None, Tensor? saved_entropy=None"
 
 SCHEMAS = {
     "bilinear_fwd": (
-        f"bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, {_MASKS}) -> {_FWD_OUT}"
+        f"bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, {_MASKS}, bool entropy=False) -> "
+        f"{_FWD_OUT}"
     ),
     "bilinear_bwd": (
         f"bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
-        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias, "
-        "Tensor dbias)"
+        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}) -> (Tensor dq, Tensor dk, Tensor dv, "
+        "Tensor dkey_bias, Tensor dbias)"
     ),
     "elementwise_fwd": (
-        f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}) -> {_FWD_OUT}"
+        f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}, "
+        f"bool entropy=False) -> {_FWD_OUT}"
     ),
     "elementwise_bwd": (
         f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
-        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}) -> (Tensor da, Tensor db, Tensor dw, Tensor dv, "
-        "Tensor dbias)"
+        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}) -> (Tensor da, Tensor db, Tensor dw, "
+        "Tensor dv, Tensor dbias)"
     ),
 }

@@ -11,18 +11,21 @@
   const OptTensor &valid_lens, const OptTensor &mask, const OptTensor &bias, const OptTensor &alibi,        \
       int64_t pooling, bool causal, int64_t window
 #define ATTNZOO_SAVED_PARAMS const at::Tensor &out, const at::Tensor &lse, const at::Tensor &argmax, const at::Tensor &soft_out
+// The backward's entropy arguments (soft pooling): the entropy's gradient and the forward's entropy.
+#define ATTNZOO_ENTROPY_GRAD_PARAMS const OptTensor &grad_entropy, const OptTensor &saved_entropy
 
 #define ATTNZOO_OP_DECLARATIONS                                                                                     \
-  Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
-                       double scale, ATTNZOO_MASK_PARAMS);                                                         \
+  Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
+                       double scale, ATTNZOO_MASK_PARAMS, bool entropy);                                           \
   Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
                        const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,          \
-                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS);                                 \
-  Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
-                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS);                                    \
+                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS);    \
+  Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
+                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy);                      \
   Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
                           const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,            \
-                          int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS);
+                          int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,             \
+                          ATTNZOO_ENTROPY_GRAD_PARAMS);
 
 // Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
 #define ATTNZOO_OP_REGISTRATIONS(m, ns)      \

@@ -24,9 +24,9 @@
 //     batch, query and key indices, so a counter-based generator (Philox keyed by seed and
 //     (b * Nq + i, j)) draws the same numbers whatever the block sizes, threads or device; the
 //     seed travels in the policy's constructor arguments;
-//   * extra per-row outputs (entropy's running sum p * s): kept in the policy's state beside its
-//     sum (rescaled with it), written by its finish() through its own output pointer; the op's
-//     schema, empty_fwd_outputs and build_info's pooling list then grow by that output.
+//   * extra per-row outputs: as the softmax's entropy (CPU, the ops' entropy=True), kept in the
+//     policy's state beside its sum (rescaled with it), written by its finish() through its own
+//     FwdOut pointer; its gradient enters the backward policy's dweights() (BwdIn::grad_ent).
 #pragma once
 #include <cstdint>
 #include <type_traits>

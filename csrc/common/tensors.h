@@ -41,6 +41,18 @@ inline Tensor4 empty_fwd_outputs(const at::Tensor& x, int64_t Dv, int64_t poolin
           pt.soft_out ? at::empty({B, Nq, Dv}, o) : at::empty({0}, x.options())};
 }
 
+// The forward's entropy output (B, Nq) in the accumulation dtype when asked for, else an empty tensor.
+inline at::Tensor empty_entropy(const at::Tensor& x, bool entropy) {
+  const auto o = x.options().dtype(acc_type(x.scalar_type()));
+  return entropy ? at::empty({x.size(0), x.size(1)}, o) : at::empty({0}, o);
+}
+
+// The five outputs of a forward that computed no entropy (the CUDA kernels).
+inline Tensor5 without_entropy(const Tensor4& outs, const at::Tensor& x) {
+  const auto& [out, lse, argmax, soft_out] = outs;
+  return {out, lse, argmax, soft_out, empty_entropy(x, false)};
+}
+
 // The saved output the softmax weight gradient's row term D_i = dO_i . o_i reads: soft_out for a
 // pooling that keeps its softmax output there (hard: out is the arg-max's value row), else out.
 inline const at::Tensor& softmax_output(int64_t pooling, const at::Tensor& out, const at::Tensor& soft_out) {

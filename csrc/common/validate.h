@@ -193,6 +193,29 @@ inline void check_bwd_saved(const char* op, const at::Tensor& x, const at::Tenso
   }
 }
 
+// entropy=True (forward) is soft pooling's; `device_has` says whether this device's kernels compute it.
+inline void check_entropy(const char* op, int64_t pooling, bool entropy, bool device_has) {
+  TORCH_CHECK(!entropy || pooling == kSoft, op, ": entropy=True needs soft pooling (0), got pooling ", pooling);
+  TORCH_CHECK(!entropy || device_has, op, ": entropy=True is computed by the CPU kernels only");
+}
+
+// The backward's entropy arguments: both or neither; (B, Nq) in the accumulation dtype; soft pooling.
+inline void check_entropy_grad(const char* op, const at::Tensor& x, int64_t pooling, const OptTensor& grad_entropy,
+                               const OptTensor& saved_entropy, bool device_has) {
+  TORCH_CHECK(grad_entropy.has_value() == saved_entropy.has_value(), op,
+              ": grad_entropy and saved_entropy go together (the entropy's gradient needs the forward's entropy)");
+  if (!grad_entropy.has_value()) return;
+  check_entropy(op, pooling, true, device_has);
+  const int64_t B = x.size(0), Nq = x.size(1);
+  const auto acc = acc_type(x.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_entropy", &*grad_entropy},
+                                {"saved_entropy", &*saved_entropy}}) {
+    check_shape(op, name, *t, {B, Nq}, "(B, Nq)");
+    TORCH_CHECK(t->scalar_type() == acc, op, ": ", name, " must be ", acc, ", got ", t->scalar_type());
+    check_same_device(op, name, *t, "the inputs", x);
+  }
+}
+
 // The positional inputs in the kernels' accumulation dtype: bias as a 4-D (B1, B2, Nq, Nk) view
 // (only its distinct elements are converted: a broadcast view stays a view), alibi contiguous.
 struct Positions {

@@ -48,14 +48,16 @@ struct SoftmaxFwd {
   static constexpr PoolingTraits kTraits = PoolingOf<kSoft>::traits;
   FwdOut<T> o;
   std::vector<T> m, l;  // running max and sum of exp(s - m)
+  std::vector<T> t;     // with o.entropy: running sum of exp(s - m) (s - m)
 
-  SoftmaxFwd(const FwdOut<T>& out, int64_t bq) : o(out), m(bq), l(bq) {}
+  SoftmaxFwd(const FwdOut<T>& out, int64_t bq) : o(out), m(bq), l(bq), t(out.entropy ? bq : 0) {}
 
   T* acc_rows(int64_t b, int64_t i0) const { return o.out + (b * o.Nq + i0) * o.Dv; }
 
   void start(int64_t nq) {
     std::fill(m.begin(), m.begin() + nq, -std::numeric_limits<T>::infinity());
     std::fill(l.begin(), l.begin() + nq, T(0));
+    if (o.entropy) std::fill(t.begin(), t.begin() + nq, T(0));
   }
 
   static T block_max(const T* s, int64_t a, int64_t e) {
@@ -76,14 +78,18 @@ struct SoftmaxFwd {
     const T mn = std::max(m[r], bm);
     vfill(s, a, T(0));
     vfill(s + e, nk - e, T(0));
-    const T sum = exp_sub_sum(s + a, e - a, mn);
+    T tb = 0;
+    const T sum = o.entropy ? exp_sub_sum_xlogx(s + a, e - a, mn, tb) : exp_sub_sum(s + a, e - a, mn);
     if (mn != m[r]) {
       const T alpha = m[r] == ninf || m[r] - mn < kLogTiny<T> ? T(0) : std::exp(m[r] - mn);
       if (l[r] != 0) vscale(acc, o.Dv, alpha);
+      // sum exp(s - m_old)(s - m_old) relative to the new max: + (m_old - m_new) l, times alpha
+      if (o.entropy) t[r] = l[r] != 0 ? alpha * (t[r] + (m[r] - mn) * l[r]) : T(0);
       l[r] *= alpha;
       m[r] = mn;
     }
     l[r] += sum;
+    if (o.entropy) t[r] += tb;
   }
 
   // Whether row r had no candidate (a NaN score makes l NaN and the row NaN, like torch).
@@ -94,9 +100,11 @@ struct SoftmaxFwd {
     if (empty(r)) {
       vfill(acc, o.Dv, T(0));
       o.lse[b * o.Nq + i] = -std::numeric_limits<T>::infinity();
+      if (o.entropy) o.entropy[b * o.Nq + i] = T(0);
     } else {
       vscale(acc, o.Dv, T(1) / l[r]);
       o.lse[b * o.Nq + i] = m[r] + std::log(l[r]);
+      if (o.entropy) o.entropy[b * o.Nq + i] = std::log(l[r]) - t[r] / l[r];  // H = log l - sum p (s - m)
     }
   }
 };
@@ -178,13 +186,16 @@ struct SoftmaxBwd {
   static constexpr PoolingTraits kTraits = PoolingOf<kSoft>::traits;
   static constexpr bool kDvFromWeights = true;
   BwdIn<T> in;
-  std::vector<T> rl, delta;  // the row's lse and D_i = dO_i . o_i - grad_lse_i
+  // the row's lse, D_i = dO_i . o_i - grad_lse_i + gH_i H_i, and gH_i (the entropy's gradient)
+  std::vector<T> rl, delta, gh;
 
-  SoftmaxBwd(const BwdIn<T>& in_, int64_t bq) : in(in_), rl(bq), delta(bq) {}
+  SoftmaxBwd(const BwdIn<T>& in_, int64_t bq) : in(in_), rl(bq), delta(bq), gh(bq) {}
 
   bool start_row(int64_t r, int64_t i, const T* dO) {
     rl[r] = in.lse[i];
     delta[r] = vdot(dO, in.o_delta + i * in.Dv, in.Dv) - (in.grad_lse ? in.grad_lse[i] : T(0));
+    gh[r] = in.grad_ent ? in.grad_ent[i] : T(0);
+    delta[r] += gh[r] * (in.grad_ent ? in.ent[i] : T(0));
     return rl[r] != -std::numeric_limits<T>::infinity();  // empty row: no gradient (a NaN row's is NaN)
   }
 
@@ -195,13 +206,23 @@ struct SoftmaxBwd {
     vfill(s + e, ld - e, T(0));
   }
 
-  // dS = p (dP - D_i).
+  // dS = p (dP - D_i), and with the entropy's gradient - gH_i p log p (log p = s - lse; 0 log 0 = 0).
   void dweights(int64_t r, const T* p, T* d, int64_t nk, int64_t ld) const {
     using V = Vectorized<T>;
     const V dv(delta[r]);
     int64_t j = 0;
-    for (; j + V::size() <= nk; j += V::size()) (V::loadu(p + j) * (V::loadu(d + j) - dv)).store(d + j);
-    for (; j < nk; ++j) d[j] = p[j] * (d[j] - delta[r]);
+    if (gh[r] != T(0)) {
+      const V g(gh[r]), zero(T(0));
+      for (; j + V::size() <= nk; j += V::size()) {
+        const V pv = V::loadu(p + j);
+        const V lp = V::blendv(pv.log(), zero, pv == zero);
+        (pv * (V::loadu(d + j) - dv - g * lp)).store(d + j);
+      }
+      for (; j < nk; ++j) d[j] = p[j] * (d[j] - delta[r] - gh[r] * (p[j] > T(0) ? std::log(p[j]) : T(0)));
+    } else {
+      for (; j + V::size() <= nk; j += V::size()) (V::loadu(p + j) * (V::loadu(d + j) - dv)).store(d + j);
+      for (; j < nk; ++j) d[j] = p[j] * (d[j] - delta[r]);
+    }
     vfill(d + nk, ld - nk, T(0));
   }
 

@@ -95,6 +95,34 @@ inline T exp_sub_sum(T* x, int64_t n, T m) {
   return s;
 }
 
+// exp_sub_sum that also adds sum_j e_j (x_j - m) to `t` (e_j = exp(x_j - m): entropy's running term; a
+// zero weight adds nothing, NaN stays NaN).
+template <typename T>
+inline T exp_sub_sum_xlogx(T* x, int64_t n, T m, T& t) {
+  using V = Vectorized<T>;
+  V acc(T(0)), tacc(T(0)), mv(m);
+  const V ninf(-std::numeric_limits<T>::infinity()), lo(kLogTiny<T>), zero(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= n; j += V::size()) {
+    const V xv = V::loadu(x + j), d = xv - mv;
+    const V drop = (xv == ninf) | (d < lo);
+    const V e = V::blendv(vexp(d), zero, drop);
+    e.store(x + j);
+    acc = acc + e;
+    tacc = tacc + V::blendv(e * d, zero, drop);
+  }
+  T s = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
+  T ts = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, tacc);
+  for (; j < n; ++j) {
+    const T d = x[j] - m;
+    x[j] = d < kLogTiny<T> ? T(0) : std::exp(d);
+    s += x[j];
+    if (x[j] != T(0)) ts += x[j] * d;
+  }
+  t += ts;
+  return s;
+}
+
 // x = (x != -inf ? w : 0) in place; returns how many x were not -inf.
 template <typename T>
 inline T finite_to(T* x, int64_t n, T w) {

@@ -10,10 +10,12 @@ namespace cuda {
 
 Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
-                     bool bias_grad, ATTNZOO_SAVED_PARAMS) {
+                     bool bias_grad, ATTNZOO_SAVED_PARAMS,
+                     ATTNZOO_ENTROPY_GRAD_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
+  check_entropy_grad(op, q, pooling, grad_entropy, saved_entropy, false);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));

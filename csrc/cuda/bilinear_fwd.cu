@@ -10,10 +10,11 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
-                     double scale, ATTNZOO_MASK_PARAMS) {
+Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
+                     double scale, ATTNZOO_MASK_PARAMS, bool entropy) {
   const char* op = "attnzoo.bilinear_fwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
+  check_entropy(op, pooling, entropy, false);
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
@@ -21,7 +22,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
   const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
   Tensor4 outs;
-  if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, mp, outs)) return outs;
+  if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, mp, outs)) return without_entropy(outs, qc);
   outs = empty_fwd_outputs(qc, v.size(2), pooling, q.scalar_type());
   ATTNZOO_DISPATCH_CUDA_DTYPES(q.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;
@@ -30,7 +31,7 @@ Tensor4 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                                         nullptr};
     generic_fwd<BilinearTile<scalar_t, A>, scalar_t>(fam, vc, mp, outs);
   });
-  return outs;
+  return without_entropy(outs, qc);
 }
 
 }  // namespace cuda

@@ -10,10 +10,12 @@ namespace cuda {
 
 Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
                         const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
-                        ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS) {
+                        ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,
+                     ATTNZOO_ENTROPY_GRAD_PARAMS) {
   const char* op = "attnzoo.elementwise_bwd";
   check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
+  check_entropy_grad(op, a, pooling, grad_entropy, saved_entropy, false);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const Positions pos = positions_acc(bias, alibi, acc_type(a.scalar_type()));

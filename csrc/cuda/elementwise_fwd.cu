@@ -9,10 +9,11 @@
 namespace attnzoo {
 namespace cuda {
 
-Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS) {
+Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
+                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy) {
   const char* op = "attnzoo.elementwise_fwd";
   check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
+  check_entropy(op, pooling, entropy, false);
   TORCH_CHECK(a.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", a.device());
   c10::cuda::CUDAGuard guard(a.device());
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();
@@ -28,7 +29,7 @@ Tensor4 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tens
       generic_fwd<Tile, scalar_t>(fam, vc, mp, outs);
     });
   });
-  return outs;
+  return without_entropy(outs, ac);
 }
 
 }  // namespace cuda
