@@ -46,6 +46,38 @@ def _scores(score, check, q: Tensor, k: Tensor, spec, i0: int, j0: int) -> Tenso
     return s.masked_fill(~spec.block(i0, i0 + q.shape[-2], j0, j0 + k.shape[-2], q.device), float("-inf"))
 
 
+def differentiable_params(score, spec) -> tuple[Tensor, ...]:
+    """What a blockwise backward returns gradients for besides query, key, value: the score's parameters that
+    require one, and the call's bias (its gradient flows through each block's slice of it, like a parameter's)."""
+    params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
+    return (*params, spec.bias) if spec.bias is not None and spec.bias.requires_grad else params
+
+
+def recomputed_blocks(score, check, spec, query: Tensor, key: Tensor):
+    """The backward's recomputation: ``(i0, i1, j0, j1, qb, kb, s)`` for each (query block, key chunk), ``s`` the
+    masked scores of ``qb = query[..., i0:i1, :]`` and ``kb = key[..., j0:j1, :]`` with their graph (to the
+    blocks, where the inputs need a gradient, and to the score's parameters)."""
+    for i0, i1 in _blocks(query.shape[-2]):
+        for j0, j1 in _blocks(key.shape[-2]):
+            qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
+            kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
+            with torch.enable_grad():
+                s = _scores(score, check, qb, kb, spec, i0, j0)
+            yield i0, i1, j0, j1, qb, kb, s
+
+
+def backprop_scores(s: Tensor, ds: Tensor, blocks, params, dparams) -> None:
+    """Back-propagate ``ds`` through a block's scores ``s``: ``blocks`` pairs the block inputs with where their
+    gradients accumulate (``(qb, dq[...]), (kb, dk[...])``), ``params`` / ``dparams`` the parameters likewise."""
+    targets = [(x, d) for x, d in (*blocks, *zip(params, dparams, strict=True)) if x.requires_grad]
+    if not targets or not s.requires_grad:
+        return
+    grads = torch.autograd.grad(s, [x for x, _ in targets], ds.to(s.dtype), allow_unused=True)
+    for (_, d), gx in zip(targets, grads, strict=True):
+        if gx is not None:
+            d += gx
+
+
 def _forward(score, check, hard: bool, query, key, value, spec, entropy: bool = False):
     acc = acc_dtype(query.dtype)
     batch, nq, dv = query.shape[:-2], query.shape[-2], value.shape[-1]
@@ -117,35 +149,21 @@ class _Blockwise(torch.autograd.Function):
         dq, dk = torch.zeros_like(query, dtype=acc), torch.zeros_like(key, dtype=acc)
         dv = torch.zeros_like(value, dtype=acc)
         dparams = [torch.zeros_like(p) for p in params]
-        for i0, i1 in _blocks(query.shape[-2]):
+        for i0, i1, j0, j1, qb, kb, s in recomputed_blocks(ctx.score, ctx.check, ctx.spec, query, key):
             gb = g[..., i0:i1, :]
-            for j0, j1 in _blocks(key.shape[-2]):
-                qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
-                kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
-                with torch.enable_grad():
-                    s = _scores(ctx.score, ctx.check, qb, kb, ctx.spec, i0, j0)
-                z = s.detach().to(acc) - lse_safe[..., i0:i1].unsqueeze(-1)
-                p = torch.exp(z)  # 0 at masked keys; NaN rows stay NaN
-                vc = value[..., j0:j1, :].to(acc)
-                if ctx.hard:
-                    am = argmax[..., i0:i1]
-                    hit = (am.unsqueeze(-1) == torch.arange(j0, j1, device=am.device)).to(acc)
-                    dv[..., j0:j1, :] += hit.transpose(-1, -2) @ gb
-                else:
-                    dv[..., j0:j1, :] += p.transpose(-1, -2) @ gb
-                dp = gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1)
-                if gh is not None:
-                    dp = dp - gh[..., i0:i1].unsqueeze(-1) * torch.where(p > 0, z, 0.0)
-                ds = p * dp
-                # each input that needs a gradient, with where its gradient accumulates (views, params)
-                pairs = ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :]), *zip(params, dparams, strict=True))
-                targets = [(x, d) for x, d in pairs if x.requires_grad]
-                if not targets or not s.requires_grad:
-                    continue
-                grads = torch.autograd.grad(s, [x for x, _ in targets], ds.to(s.dtype), allow_unused=True)
-                for (_, d), gx in zip(targets, grads, strict=True):
-                    if gx is not None:
-                        d += gx
+            z = s.detach().to(acc) - lse_safe[..., i0:i1].unsqueeze(-1)
+            p = torch.exp(z)  # 0 at masked keys; NaN rows stay NaN
+            vc = value[..., j0:j1, :].to(acc)
+            if ctx.hard:
+                am = argmax[..., i0:i1]
+                hit = (am.unsqueeze(-1) == torch.arange(j0, j1, device=am.device)).to(acc)
+                dv[..., j0:j1, :] += hit.transpose(-1, -2) @ gb
+            else:
+                dv[..., j0:j1, :] += p.transpose(-1, -2) @ gb
+            dp = gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1)
+            if gh is not None:
+                dp = dp - gh[..., i0:i1].unsqueeze(-1) * torch.where(p > 0, z, 0.0)
+            backprop_scores(s, p * dp, ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :])), params, dparams)
         return (None, None, None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), *dparams)
 
 
@@ -157,7 +175,5 @@ def attend(score, check, pooling: str, query: Tensor, key: Tensor, value: Tensor
     (a :class:`~attnzoo.masks.MaskSpec`) gives each block's mask and adds its positional terms (bias, ALiBi)."""
     if entropy and pooling != "soft":
         raise ValueError(f"entropy: the blockwise pass computes the soft weights' entropy, got pooling={pooling!r}")
-    params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
-    if spec.bias is not None and spec.bias.requires_grad:
-        params = (*params, spec.bias)  # its gradient: through each block's slice of it, like a parameter's
+    params = differentiable_params(score, spec)
     return _Blockwise.apply(score, check, pooling == "hard", entropy, spec, query, key, value, *params)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockwise import _blocks, _scores
+from .blockwise import _blocks, _scores, backprop_scores, differentiable_params, recomputed_blocks
 from .ops.reference import acc_dtype
 
 ALPHAS = {"sparsemax": 2.0, "entmax15": 1.5}  # the pooling names and their alpha
@@ -326,26 +326,14 @@ class _SparseBlockwise(torch.autograd.Function):
         dq, dk = torch.zeros_like(query, dtype=acc), torch.zeros_like(key, dtype=acc)
         dv = torch.zeros_like(value, dtype=acc)
         dparams = [torch.zeros_like(p) for p in params]
-        for i0, i1 in _blocks(query.shape[-2]):
+        for i0, i1, j0, j1, qb, kb, s in recomputed_blocks(ctx.score, ctx.check, ctx.spec, query, key):
             gb = g[..., i0:i1, :]
-            for j0, j1 in _blocks(key.shape[-2]):
-                qb = query[..., i0:i1, :].detach().requires_grad_(query.requires_grad)
-                kb = key[..., j0:j1, :].detach().requires_grad_(key.requires_grad)
-                with torch.enable_grad():
-                    s = _scores(ctx.score, ctx.check, qb, kb, ctx.spec, i0, j0)
-                d = (_z(s.detach().to(acc), m[..., i0:i1], alpha) - tau[..., i0:i1].unsqueeze(-1)).clamp_min(0)
-                w, u = _weights_and_u(d, alpha)
-                vc = value[..., j0:j1, :].to(acc)
-                dv[..., j0:j1, :] += w.transpose(-1, -2) @ gb
-                ds = u * (gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1))
-                pairs = ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :]), *zip(params, dparams, strict=True))
-                targets = [(x, dx) for x, dx in pairs if x.requires_grad]
-                if not targets or not s.requires_grad:
-                    continue
-                grads = torch.autograd.grad(s, [x for x, _ in targets], ds.to(s.dtype), allow_unused=True)
-                for (_, dx), gx in zip(targets, grads, strict=True):
-                    if gx is not None:
-                        dx += gx
+            d = (_z(s.detach().to(acc), m[..., i0:i1], alpha) - tau[..., i0:i1].unsqueeze(-1)).clamp_min(0)
+            w, u = _weights_and_u(d, alpha)
+            vc = value[..., j0:j1, :].to(acc)
+            dv[..., j0:j1, :] += w.transpose(-1, -2) @ gb
+            ds = u * (gb @ vc.transpose(-1, -2) - delta[..., i0:i1].unsqueeze(-1))
+            backprop_scores(s, ds, ((qb, dq[..., i0:i1, :]), (kb, dk[..., j0:j1, :])), params, dparams)
         return (None, None, None, None, dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), *dparams)
 
 
@@ -370,7 +358,5 @@ def sparse_attend(score, check, alpha: float, query: Tensor, key: Tensor, value:
     score (and the bias of ``spec``) with ``torch.autograd.grad``. Nothing ``Nq x Nk`` is stored; double backward
     raises NotImplementedError."""
     alpha = _check_alpha(alpha)
-    params = tuple(p for p in score.parameters() if p.requires_grad) if hasattr(score, "parameters") else ()
-    if spec.bias is not None and spec.bias.requires_grad:
-        params = (*params, spec.bias)  # its gradient: through each block's slice of it, like a parameter's
+    params = differentiable_params(score, spec)
     return _SparseBlockwise.apply(score, check, alpha, spec, query, key, value, *params)

@@ -8,10 +8,11 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import attnzoo
 from attnzoo import variants
+
+from .probes import LargestOutput
 
 BACKENDS = ["reference", "fused", "blockwise"]
 
@@ -189,26 +190,11 @@ def test_empty_inputs_and_rows_have_gradients(path):
     assert torch.isfinite(q2.grad).all() and (q2.grad[0] == 0).all()
 
 
-class _LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("n", [4096, pytest.param(16384, marks=pytest.mark.slow)])
 def test_long_sequence_keeps_no_square_tensor(n):
     q, k, v = rnd(1, n, 8, seed=1).requires_grad_(), rnd(1, n, 8, seed=2).requires_grad_(), rnd(1, n, 2, seed=3)
     attn = attnzoo.create("scaled_dot", causal=True)
-    with _LargestOutput() as probe:
+    with LargestOutput() as probe:
         out, ent = attn(q.float(), k.float(), v.float(), return_entropy=True)
         ent.sum().backward()
     assert probe.largest <= 256 * n, f"an op produced {probe.largest} elements (Nq x Nk = {n * n})"

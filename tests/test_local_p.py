@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import attnzoo
+
+from .probes import LargestOutput
 
 
 def rnd(*shape, seed=0, scale=1.0, offset=0.0):
@@ -101,24 +102,11 @@ def test_padding_garbage_and_empty_windows():
     assert far.any() and (out[1][far] == 0).all()
 
 
-class _LargestOutput(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_square_tensor():
     attn = make(window=2).float()
     n = 2048
     q, k, v = (rnd(1, n, 6, seed=s).float().requires_grad_() for s in (1, 2, 3))
-    with _LargestOutput() as probe:
+    with LargestOutput() as probe:
         attn(q, k, v).sum().backward()
     assert probe.largest <= 8 * n * 6, f"an op produced {probe.largest} elements (Nq x Nk = {n * n})"
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import attnzoo
 from attnzoo import blockwise, sparse
 from attnzoo.masks import MaskSpec
+
+from .probes import LargestOutput
 
 POOLINGS = {2.0: sparse.sparsemax, 1.5: sparse.entmax15}
 NO_CHECK = lambda s, q, k: None  # noqa: E731
@@ -290,21 +291,6 @@ def test_double_backward_raises():
         torch.autograd.grad(out.sum(), q, create_graph=True)
 
 
-class _LargestOutput(TorchDispatchMode):
-    """Records the largest floating-point tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("alpha", [2.0, 1.5])
 def test_blockwise_keeps_no_nq_by_nk_tensor(alpha):
     N, D = 1024, 4  # 4 x 4 blocks: a block pair's scores have N^2 / 16 elements, a row of blocks N^2 / 4
@@ -318,7 +304,7 @@ def test_blockwise_keeps_no_nq_by_nk_tensor(alpha):
         saved.append(t.numel() if t.is_floating_point() else 0)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _LargestOutput() as seen:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), LargestOutput(floating_only=True) as seen:
         out = sparse.sparse_attend(score, NO_CHECK, alpha, q, k, v, spec)
         out.square().sum().backward()
     # at most a block pair's scores (the backward's recomputation saves them), the forward's top-TOP merge
