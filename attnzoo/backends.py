@@ -124,15 +124,22 @@ def fused_entropy(query: Tensor, pooling: str) -> bool:
     return pooling == "soft" and query.device.type == "cpu" and "cpu" in ops.compiled_devices()
 
 
+def fused_sampling(query: Tensor) -> bool:
+    """Whether the kernels for ``query``'s device draw sampled hard attention (the CPU kernels)."""
+    return query.device.type == "cpu" and "cpu" in ops.compiled_devices()
+
+
 def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Tensor, value: Tensor,
-              spec: MaskSpec, return_weights: bool, entropy: bool = False):
+              spec: MaskSpec, return_weights: bool, entropy: bool = False, seed: int | None = None,
+              tau: float = 1.0):
     """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form.
-    Returns ``(out, weights or None)``, and with ``entropy`` (where :func:`fused_entropy`) ``(out, weights, H)``."""
+    Returns ``(out, weights or None)``, and with ``entropy`` (where :func:`fused_entropy`) ``(out, weights, H)``.
+    ``seed``: sampled hard attention (the kernels' noise; CPU, no weights)."""
     nb = len(spec.batch)
     valid_lens, mask = spec.flat()
     bias, alibi = spec.flat_positions()
     kw = dict(valid_lens=valid_lens, mask=mask, bias=bias, alibi=alibi, pooling=pooling, causal=spec.causal,
-              window=spec.window, entropy=entropy)
+              window=spec.window, entropy=entropy, **({} if seed is None else dict(seed=seed, tau=tau)))
     v = _flat(value, nb)
     if isinstance(form, Bilinear):
         kb = None if form.key_bias is None else _flat(form.key_bias, nb)

@@ -309,10 +309,14 @@ class HardSampler(nn.Module):
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}, tau={self.tau}"
 
+    def next_seed(self) -> int:
+        """A fresh seed for one training call (kept as :attr:`last_seed`)."""
+        self.last_seed = draw_seed(self.generator)
+        return self.last_seed
+
     def forward(self, scores: Tensor, valid: Tensor) -> Tensor:
         """The weights of one training call (keeps ``log_prob`` and the seed drawn)."""
-        self.last_seed = draw_seed(self.generator)
-        weights, _, self.log_prob = sampled_weights(scores, valid, self.last_seed, self.estimator, self.tau)
+        weights, _, self.log_prob = sampled_weights(scores, valid, self.next_seed(), self.estimator, self.tau)
         return weights
 
     def reinforce_loss(self, reward: Tensor) -> Tensor:

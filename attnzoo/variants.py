@@ -142,7 +142,7 @@ class PooledAttention(Attention):
             weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
             return out, (weights if return_weights else None), (weights.sum(-1) if entropy else None)
         sampled = self.sampler is not None and self.training
-        backend, _, form = ("reference", "", None) if sampled else backends.select(
+        backend, _, form = self._sampled_backend(query, key) if sampled else backends.select(
             self.backend, self.score, self.pooling, query, key)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
@@ -162,6 +162,12 @@ class PooledAttention(Attention):
                 math.prod(spec.batch) * spec.nq * spec.nk > ENTROPY_DENSE_ELEMENTS):
             backend = "blockwise"  # no kernel returns the entropy here; this pass keeps no Nq x Nk tensor
         elif entropy:
+            backend = "reference"
+        if backend == "fused" and sampled and not (return_weights or nonfinite):  # the kernels draw the keys
+            self.sampler.log_prob = None
+            return (*backends.run_fused(form, "hard", query, key, value, spec, False, seed=self.sampler.next_seed(),
+                                        tau=self.sampler.tau), None)
+        if sampled:
             backend = "reference"
         if backend == "fused":
             out, weights = backends.run_fused(form, self.pooling, query, key, value, spec, return_weights or nonfinite)
@@ -196,7 +202,18 @@ class PooledAttention(Attention):
             raise ValueError("reward: reinforce_loss needs a sampled hard variant (sample=True)")
         return self.sampler.reinforce_loss(reward)
 
+    def _sampled_backend(self, query: Tensor, key: Tensor):
+        """``(backend, reason, form)`` of a training call of sampled hard attention: the CPU kernels draw the keys
+        (straight-through Gumbel-softmax, backend "auto"), else the reference."""
+        if self.sampler.estimator == "gumbel" and backends.fused_sampling(query):
+            backend, why, form = backends.select(self.backend, self.score, "hard", query, key)
+            if backend == "fused":
+                return backend, f"{why}; sampled hard attention: the kernels draw the keys", form
+        why = ("REINFORCE needs each draw's log-probability" if self.sampler.estimator == "reinforce" else
+               "no kernel draws here")
+        return "reference", f"reference: sampled hard attention in training mode ({why})", None
+
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         if self.sampler is not None and self.training:
-            return "reference: sampled hard attention draws its keys on the reference backend in training mode"
+            return self._sampled_backend(query, key)[1]
         return backends.select(self.backend, self.score, self.pooling, query, key)[1]

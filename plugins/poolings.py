@@ -55,14 +55,16 @@ def _hard(score: str = "scaled_dot", causal: bool = False, window: int | None = 
 
     ``sample=True`` (Xu et al. 2015): in training mode each query draws one key from its softmax (Gumbel-max,
     reproducible from ``seed=``, a ``generator=`` or ``torch.manual_seed``); eval mode keeps the arg-max.
-    ``estimator="gumbel"``: straight-through Gumbel-softmax at temperature ``tau``; ``"reinforce"``: the
+    ``estimator="gumbel"``: straight-through Gumbel-softmax at temperature ``tau`` (drawn by the CPU kernels, same
+    noise as the reference); ``"reinforce"``: the
     score-function gradient, through ``attn.reinforce_loss(reward)`` added to the loss (moving-average baseline,
     ``baseline_decay``). See :mod:`attnzoo.sampling`."""
     sampler = None
     if sample:
         if backend in ("fused", "blockwise"):
-            raise ValueError(f"backend: sampled hard attention draws its keys on the reference backend in training "
-                             f"mode, got backend={backend!r}; use 'auto' or 'reference'")
+            raise ValueError(f"backend: sampled hard attention draws its keys on the CPU kernels (backend='auto', "
+                             f"estimator='gumbel') or on the reference, got backend={backend!r}; use 'auto' or "
+                             "'reference'")
         sampler = HardSampler(estimator, tau, seed, generator, baseline_decay)
     elif (estimator, tau, seed, generator) != ("gumbel", 1.0, None, None):
         raise ValueError("sample: estimator=, tau=, seed= and generator= need sample=True")

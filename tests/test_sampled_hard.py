@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import attnzoo
+import attnzoo.ops as ops
 
 
 def rnd(*shape, seed=0):
@@ -66,7 +67,10 @@ def test_masks_and_capabilities():
     _, w = attn(q * 0.1, k, v, valid_lens=torch.tensor([3, 7]), return_weights=True)
     assert (w[0, :, 3:] == 0).all() and (w.sum(-1) == 1).all()
     assert "stochastic" in attn.capabilities and "stochastic" not in attn.eval().capabilities
-    assert "reference" in attn.train().explain(q, k, v)
+    expected = "kernels draw" if ops.EXTENSION else "reference"
+    assert expected in attn.train().explain(q, k, v)
+    reinforce = attnzoo.create("hard", sample=True, estimator="reinforce")
+    assert "reference" in reinforce.explain(q, k, v)
 
 
 @pytest.mark.parametrize("options,arg", [
@@ -88,3 +92,51 @@ def test_reinforce_loss_errors():
         attnzoo.create("hard", sample=True, estimator="reinforce").reinforce_loss(torch.zeros(2))
     with pytest.raises(ValueError, match="sample"):
         attnzoo.create("soft").reinforce_loss(torch.zeros(2))
+
+
+@pytest.mark.skipif(not ops.EXTENSION, reason="attnzoo._C is not built")
+@pytest.mark.parametrize("score,options", [("scaled_dot", {}),
+                                           ("additive", dict(query_dim=4, key_dim=4, hidden_dim=6))])
+def test_the_kernels_draw_the_reference_draws(score, options):
+    """The CPU kernels add the same Philox noise as attnzoo.sampling: same draws, outputs and straight-through
+    gradients as the reference (float64), with masks, batch dims and tau != 1."""
+    torch.manual_seed(0)
+    fused = attnzoo.create("hard", score=score, sample=True, seed=11, tau=0.5, **options).double()
+    torch.manual_seed(0)
+    refd = attnzoo.create("hard", score=score, sample=True, seed=11, tau=0.5, backend="reference", **options).double()
+    q, k, v = rnd(2, 3, 40, 4).requires_grad_(), rnd(2, 3, 300, 4, seed=1).requires_grad_(), rnd(2, 3, 300, 2, seed=2)
+    lengths = torch.tensor([[300, 7, 0], [300, 300, 1]])
+    assert "kernels draw" in fused.explain(q, k, v)
+    for _ in range(2):  # successive calls draw afresh, in step
+        out = fused(q, k, v, valid_lens=lengths)
+        want = refd(q, k, v, valid_lens=lengths)
+        torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+        g = rnd(*out.shape, seed=5)
+        got_g = torch.autograd.grad((out * g).sum(), (q, k))
+        want_g = torch.autograd.grad((want * g).sum(), (q, k))
+        for a, b in zip(got_g, want_g, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.skipif(not ops.EXTENSION, reason="attnzoo._C is not built")
+def test_kernel_noise_op_level_gradcheck_and_opcheck():
+    from attnzoo.ops import reference as ref
+
+    q, k, v = rnd(2, 5, 3), rnd(2, 9, 3, seed=1), rnd(2, 9, 2, seed=2)
+    margs = (None, None, None, None, 1, True, -1)
+    got = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 0.7, *margs, False, 123, 0.8)
+    want = ref.bilinear_fwd(q, k, v, None, 0.7, *margs, False, 123, 0.8)
+    assert torch.equal(got[2], want[2])  # the draws
+    for a, b in zip(got[:2] + got[3:4], want[:2] + want[3:4], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    other = torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 0.7, *margs, False, 124, 0.8)[2]
+    assert not torch.equal(other, got[2])  # another seed, other draws
+    ts = [t.clone().requires_grad_() for t in (q, k, v)]
+    # the value's gradient is the true one (the scores' is straight-through: the tests above hold it to the reference)
+    assert torch.autograd.gradcheck(lambda v_: ops.bilinear_attention(q, k, v_, scale=0.7, pooling="hard", causal=True,
+                                                                      seed=123, tau=0.8)[0], (ts[2],))
+    torch.library.opcheck(torch.ops.attnzoo.bilinear_fwd.default, (*ts, None, 0.7, *margs, False, 123, 0.8))
+    with pytest.raises(RuntimeError, match="seed"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 0.7, None, None, None, None, 0, False, -1, False, 1, 1.0)
+    with pytest.raises(RuntimeError, match="tau"):
+        torch.ops.attnzoo.bilinear_fwd(q, k, v, None, 0.7, *margs, False, 1, 0.0)

@@ -19,13 +19,13 @@ def _fwd_fake(x, v, pooling, entropy):
 
 @torch.library.register_fake("attnzoo::bilinear_fwd")
 def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
-                       entropy=False):
+                       entropy=False, seed=None, tau=1.0):
     return _fwd_fake(q, v, pooling, entropy)
 
 
 @torch.library.register_fake("attnzoo::elementwise_fwd")
 def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window,
-                          entropy=False):
+                          entropy=False, seed=None, tau=1.0):
     return _fwd_fake(a, v, pooling, entropy)
 
 
@@ -35,7 +35,8 @@ def _dbias_fake(x, bias, bias_grad):
 
 @torch.library.register_fake("attnzoo::bilinear_bwd")
 def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal,
-                       window, bias_grad, *saved, grad_entropy=None, saved_entropy=None):
+                       window, bias_grad, *saved, grad_entropy=None, saved_entropy=None, seed=None,
+                       tau=1.0):
     # the kernels return contiguous gradients, whatever the inputs' strides
     dkb = key_bias.new_empty(key_bias.shape) if key_bias is not None else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb, _dbias_fake(q, bias, bias_grad)
@@ -43,13 +44,14 @@ def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens,
 
 @torch.library.register_fake("attnzoo::elementwise_bwd")
 def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
-                          causal, window, bias_grad, *saved, grad_entropy=None, saved_entropy=None):
+                          causal, window, bias_grad, *saved, grad_entropy=None, saved_entropy=None,
+                          seed=None, tau=1.0):
     return (a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape),
             _dbias_fake(a, bias, bias_grad))
 
 
 # The mask group of both ops' inputs (schemas._MASKS): valid_lens, mask, bias, alibi, pooling, causal, window;
-# then the forward's entropy flag.
+# then the forward's entropy flag, seed and tau.
 _BIAS, _ALIBI, _N_MASKS = 2, 3, 7
 
 
@@ -62,7 +64,10 @@ def _setup(ctx, inputs, output, n_tensors, masks_at):
     ctx.save_for_backward(*inputs[:n_tensors], out, lse, argmax, soft_out, ent)
     ctx.rest = inputs[n_tensors:masks_at]
     ctx.mask_args = inputs[masks_at:masks_at + _N_MASKS]
-    ctx.entropy = len(inputs) > masks_at + _N_MASKS and bool(inputs[masks_at + _N_MASKS])
+    extra = inputs[masks_at + _N_MASKS:]
+    ctx.entropy = bool(extra[0]) if extra else False
+    seed, tau = (extra[1] if len(extra) > 1 else None), (extra[2] if len(extra) > 2 else 1.0)
+    ctx.noise = {} if seed is None else dict(seed=seed, tau=tau)  # the backward redraws the same noise
     ctx.bias_at = masks_at + _BIAS
     ctx.n_inputs = len(inputs)
 
@@ -89,7 +94,8 @@ def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent):
     q, k, v, key_bias, out, lse, argmax, soft_out, ent = ctx.saved_tensors
     dq, dk, dv, dkb, dbias = torch.ops.attnzoo.bilinear_bwd(
         grad_out.contiguous(), grad_lse, q, k, v, key_bias, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent)
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent),
+        **ctx.noise
     )
     return _grads(ctx, (dq, dk, dv, dkb if key_bias is not None else None), dbias)
 
@@ -103,7 +109,8 @@ def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent)
     a, b, w, v, out, lse, argmax, soft_out, ent = ctx.saved_tensors
     da, db, dw, dv, dbias = torch.ops.attnzoo.elementwise_bwd(
         grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent)
+        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent),
+        **ctx.noise
     )
     return _grads(ctx, (da, db, dw, dv), dbias)
 

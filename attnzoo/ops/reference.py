@@ -142,18 +142,35 @@ def _entropy(s, lse, p, valid, pooling, entropy: bool):
     return -(p * _log_weights(s, lse, valid)).sum(-1)
 
 
-def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False):
+def add_noise(s: Tensor, pooling: int, seed, tau: float) -> Tensor:
+    """Sampled hard attention's scores ``(s + g(seed, b Nq + i, j)) / tau`` (none without a seed), in float64
+    then rounded once (the kernels' order)."""
+    if seed is None:
+        return s
+    if pooling != HARD:
+        raise ValueError(f"seed: seed= samples hard attention: pooling must be {HARD}, got {pooling}")
+    if not tau > 0:
+        raise ValueError(f"tau: expected a number > 0, got {tau}")
+    from ..sampling import gumbel_noise, noise_ids
+
+    rows, keys = noise_ids((s.shape[0],), s.shape[1], s.shape[2], device=s.device)
+    return ((s.to(torch.float64) + gumbel_noise(seed, rows, keys)) / tau).to(s.dtype)
+
+
+def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False,
+                 seed=None, tau=1.0):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
+    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi), pooling, seed, tau)
     out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, q.dtype)
     return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
 
-def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False):
+def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False,
+                    seed=None, tau=1.0):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
-    s = add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi)
+    s = add_noise(add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi), pooling, seed, tau)
     out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, a.dtype)
     return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
@@ -189,11 +206,13 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out,
 
 
 def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
-                 bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None):
+                 bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None, seed=None, tau=1.0):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
     valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    s = add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi)
+    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi), pooling, seed, tau)
     ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out, grad_entropy, saved_entropy)
+    if seed is not None:
+        ds = ds / tau
     acc = s.dtype
     dq = scale * (ds @ k.to(acc))
     dk = scale * (ds.transpose(-1, -2) @ q.to(acc))
@@ -202,12 +221,16 @@ def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask,
 
 
 def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal,
-                    window, bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None):
+                    window, bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None, seed=None,
+                    tau=1.0):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
     valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
     phi, r, s = elementwise_scores(a, b, w, term, profile)
-    ds, dv = _score_grad(grad_out, grad_lse, add_positions(s, bias, alibi), v, valid, pooling, out, argmax, soft_out,
-                         grad_entropy, saved_entropy)
+    s_pos = add_noise(add_positions(s, bias, alibi), pooling, seed, tau)
+    ds, dv = _score_grad(grad_out, grad_lse, s_pos, v, valid, pooling, out, argmax, soft_out, grad_entropy,
+                         saved_entropy)
+    if seed is not None:
+        ds = ds / tau
     dbias = _dbias(ds, bias, bias_grad, a)
     acc = s.dtype
     if profile == BOXCAR:  # g' = 0

@@ -27,6 +27,10 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
   from the running ``sum_j exp(s_ij - m_i)(s_ij - m_i)`` of the same pass.
 * Backward: ``grad_entropy`` (B, Nq) with the forward's ``saved_entropy`` adds
   ``dH_i/ds_ij = -p_ij (s_ij - lse_i + H_i)`` to ``ds``.
+* ``seed`` (hard pooling, CPU kernels; forward and backward alike): sampled hard attention, every score
+  becomes ``s'_ij = (s_ij + g_ij) / tau`` (after the positional terms) with the Gumbel noise
+  ``g_ij = gumbel(seed, b Nq + i, j)`` of :mod:`attnzoo.sampling`: ``argmax`` is a draw from
+  ``softmax(s)``, ``soft_out`` and the backward are the straight-through Gumbel-softmax at temperature ``tau``.
 """
 
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
@@ -38,24 +42,25 @@ _MASKS = "Tensor? valid_lens, Tensor? mask, Tensor? bias, Tensor? alibi, int poo
 _SAVED = "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
 _FWD_OUT = "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out, Tensor entropy)"
 _ENTROPY_GRAD = "Tensor? grad_entropy=None, Tensor? saved_entropy=None"
+_NOISE = "int? seed=None, float tau=1."  # (torch prints the default 1.0 as 1.)
 
 SCHEMAS = {
     "bilinear_fwd": (
-        f"bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, {_MASKS}, bool entropy=False) -> "
-        f"{_FWD_OUT}"
+        f"bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, {_MASKS}, bool entropy=False, "
+        f"{_NOISE}) -> {_FWD_OUT}"
     ),
     "bilinear_bwd": (
         f"bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
-        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}) -> (Tensor dq, Tensor dk, Tensor dv, "
-        "Tensor dkey_bias, Tensor dbias)"
+        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}) -> (Tensor dq, Tensor dk, "
+        "Tensor dv, Tensor dkey_bias, Tensor dbias)"
     ),
     "elementwise_fwd": (
         f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}, "
-        f"bool entropy=False) -> {_FWD_OUT}"
+        f"bool entropy=False, {_NOISE}) -> {_FWD_OUT}"
     ),
     "elementwise_bwd": (
         f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
-        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}) -> (Tensor da, Tensor db, Tensor dw, "
-        "Tensor dv, Tensor dbias)"
+        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}) -> (Tensor da, Tensor db, "
+        "Tensor dw, Tensor dv, Tensor dbias)"
     ),
 }

@@ -13,19 +13,22 @@
 #define ATTNZOO_SAVED_PARAMS const at::Tensor &out, const at::Tensor &lse, const at::Tensor &argmax, const at::Tensor &soft_out
 // The backward's entropy arguments (soft pooling): the entropy's gradient and the forward's entropy.
 #define ATTNZOO_ENTROPY_GRAD_PARAMS const OptTensor &grad_entropy, const OptTensor &saved_entropy
+// Sampled hard attention's noise (both passes): a seed (none: no noise) and the temperature.
+#define ATTNZOO_NOISE_PARAMS const c10::optional<int64_t>& seed, double tau
 
 #define ATTNZOO_OP_DECLARATIONS                                                                                     \
   Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
-                       double scale, ATTNZOO_MASK_PARAMS, bool entropy);                                           \
+                       double scale, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS);                     \
   Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
                        const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,          \
-                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS);    \
+                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS,     \
+                       ATTNZOO_NOISE_PARAMS);                                                                      \
   Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
-                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy);                      \
+                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS);\
   Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
                           const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,            \
                           int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,             \
-                          ATTNZOO_ENTROPY_GRAD_PARAMS);
+                          ATTNZOO_ENTROPY_GRAD_PARAMS, ATTNZOO_NOISE_PARAMS);
 
 // Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
 #define ATTNZOO_OP_REGISTRATIONS(m, ns)      \

@@ -102,9 +102,14 @@ struct MaskParams {
   const void* bias;  // (B1, B2, Nq, Nk), read at [b / bias_b2, b % bias_b2, i, j]; stride 0 on broadcast dims
   int64_t bias_b2, bs_b1, bs_b2, bs_i, bs_j;
   const void* alibi;  // (B,) contiguous: the slope of each batch entry
+  // Sampled hard attention (CPU): s'_ij = (s_ij + g(seed, b Nq + i, j)) * inv_tau after the positional terms,
+  // g the Gumbel noise of common/philox.h; the backward scales dS by inv_tau.
+  bool noise;
+  uint64_t seed;
+  double inv_tau;
 };
 
-ATTNZOO_HD bool has_positions(const MaskParams& p) { return p.bias != nullptr || p.alibi != nullptr; }
+ATTNZOO_HD bool has_positions(const MaskParams& p) { return p.bias != nullptr || p.alibi != nullptr || p.noise; }
 
 // Pointer to bias[b, i, 0] (nullptr when there is no bias); step by bs_j along j.
 template <class A>

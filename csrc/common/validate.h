@@ -216,6 +216,20 @@ inline void check_entropy_grad(const char* op, const at::Tensor& x, int64_t pool
   }
 }
 
+// Sampled hard attention's noise (seed given): hard pooling, tau > 0 finite; `device_has`: this device's kernels
+// draw it.
+inline void set_noise(const char* op, MaskParams& mp, const c10::optional<int64_t>& seed, double tau,
+                      bool device_has) {
+  if (!seed.has_value()) return;
+  TORCH_CHECK(device_has, op, ": seed= (sampled hard attention) is drawn by the CPU kernels only");
+  TORCH_CHECK(mp.pooling == kHard, op, ": seed= samples hard attention: pooling must be 1 (hard), got ", mp.pooling);
+  TORCH_CHECK(*seed >= 0, op, ": seed must be >= 0, got ", *seed);
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, op, ": tau must be a finite number > 0, got ", tau);
+  mp.noise = true;
+  mp.seed = static_cast<uint64_t>(*seed);
+  mp.inv_tau = 1.0 / tau;
+}
+
 // The positional inputs in the kernels' accumulation dtype: bias as a 4-D (B1, B2, Nq, Nk) view
 // (only its distinct elements are converted: a broadcast view stays a view), alibi contiguous.
 struct Positions {

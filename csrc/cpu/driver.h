@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/params.h"
+#include "common/philox.h"
 #include "common/tensors.h"
 #include "cpu/kernel_args.h"
 #include "cpu/blas.h"
@@ -73,6 +74,12 @@ void add_positions(const MaskParams& mp, T* s, int64_t a, int64_t e, int64_t b, 
     }
     if (mp.alibi) x = x - mv * (iv - jv).abs();
     x.store(s + j, n);
+  }
+  if (mp.noise) {  // in double, then rounded once: the same draw for every blocking, forward and backward
+    const uint64_t row = static_cast<uint64_t>(b * mp.Nq + i);
+    for (int64_t j = a; j < e; ++j)
+      s[j] = static_cast<T>((static_cast<double>(s[j]) +
+                             gumbel_noise(mp.seed, row, static_cast<uint64_t>(j0 + j))) * mp.inv_tau);
   }
 }
 
@@ -237,6 +244,8 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
       if constexpr (pt.score_grad) {
         gemm<T>(false, true, nq, nk, Dv, T(1), dO, Dv, v + (b * Nk + j0) * Dv, Dv, T(0), dP.data(), bk);
         for (int64_t r = 0; r < nq; ++r) pool.dweights(r, rb.S.data() + r * bk, dP.data() + r * bk, nk, bk);
+        if (mp.noise)  // dS of s' = (s + g) / tau
+          for (int64_t r = 0; r < nq; ++r) vscale(dP.data() + r * bk, nk, static_cast<T>(mp.inv_tau));
         if (dbg.d) add_dbias(dbg, sb, dP.data(), bk);
         scorer.dscore(sb, dP.data(), bk, acc);
       }

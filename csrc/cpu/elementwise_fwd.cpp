@@ -14,14 +14,16 @@
 namespace attnzoo::cpu {
 
 Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
-                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy) {
+                        int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy,
+                     ATTNZOO_NOISE_PARAMS) {
   check_elementwise_fwd("attnzoo.elementwise_fwd", a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
                         window, kCpuDtypes);
   check_entropy("attnzoo.elementwise_fwd", pooling, entropy, true);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1), Dv = v.size(2);
   const auto aa = to_acc(a), ba = to_acc(b), wa = to_acc(w), va = to_acc(v);
   const Positions pos = positions_acc(bias, alibi, aa.scalar_type());
-  const MaskParams mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
+  auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
+  set_noise("attnzoo.elementwise_fwd", mp, seed, tau, true);
   const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   const auto ent = empty_entropy(aa, entropy);
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_fwd", [&] {

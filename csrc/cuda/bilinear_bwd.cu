@@ -11,7 +11,8 @@ namespace cuda {
 Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
                      bool bias_grad, ATTNZOO_SAVED_PARAMS,
-                     ATTNZOO_ENTROPY_GRAD_PARAMS) {
+                     ATTNZOO_ENTROPY_GRAD_PARAMS,
+                     ATTNZOO_NOISE_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
@@ -19,7 +20,8 @@ Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   TORCH_CHECK(q.is_cuda(), op, ": the CUDA kernel needs CUDA tensors, got ", q.device());
   c10::cuda::CUDAGuard guard(q.device());
   const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
-  const auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
+  auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
+  set_noise(op, mp, seed, tau, false);
   const BiasGradOut dbias = make_bias_grad(pos, bias_grad, q.size(0), q.size(1), k.size(1));
   const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
