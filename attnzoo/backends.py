@@ -119,13 +119,9 @@ def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
     return t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
 
 
-def fused_entropy(query: Tensor, pooling: str) -> bool:
-    """Whether the kernels for ``query``'s device return the entropy (soft pooling, the CPU kernels)."""
-    return pooling == "soft" and query.device.type == "cpu" and "cpu" in ops.compiled_devices()
-
-
-def fused_sampling(query: Tensor) -> bool:
-    """Whether the kernels for ``query``'s device draw sampled hard attention (the CPU kernels)."""
+def cpu_kernels(query: Tensor) -> bool:
+    """Whether ``query``'s device runs the compiled CPU kernels: they alone return the entropy (soft pooling)
+    and draw sampled hard attention (the CUDA kernels refuse both)."""
     return query.device.type == "cpu" and "cpu" in ops.compiled_devices()
 
 
@@ -133,7 +129,7 @@ def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Te
               spec: MaskSpec, return_weights: bool, entropy: bool = False, seed: int | None = None,
               tau: float = 1.0):
     """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form.
-    Returns ``(out, weights or None)``, and with ``entropy`` (where :func:`fused_entropy`) ``(out, weights, H)``.
+    Returns ``(out, weights or None)``, and with ``entropy`` (soft pooling, :func:`cpu_kernels`) ``(out, weights, H)``.
     ``seed``: sampled hard attention (the kernels' noise; CPU, no weights)."""
     nb = len(spec.batch)
     valid_lens, mask = spec.flat()

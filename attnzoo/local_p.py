@@ -22,6 +22,7 @@ from .interface import Attention
 from .masks import MaskSpec
 from .measures import soft_weights_entropy
 from .pooling import masked_softmax
+from .variants import zero_attached
 
 
 class PredictedCenterAttention(Attention):
@@ -103,7 +104,7 @@ class PredictedCenterAttention(Attention):
         if spec.causal or spec.window is not None or spec.alibi is not None:
             raise ValueError("mask: local-p attention takes valid_lens, mask and bias; its window is its own")
         if spec.nq == 0 or spec.nk == 0:
-            zero = sum(t.sum() for t in (query, key, value, *self.parameters())) * 0
+            zero = zero_attached(query, key, value, *self.parameters(), *(() if spec.bias is None else (spec.bias,)))
             out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + zero
             w = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
             return out, (w if return_weights else None), w.sum(-1)

@@ -24,12 +24,9 @@ def weights_entropy(weights: Tensor) -> Tensor:
 def soft_weights_entropy(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Softmax weights over the ``valid`` keys of ``scores (..., Nq, Nk)`` and their entropy ``(..., Nq)``:
     ``H_i = -sum_j w_ij (s_ij - lse_i)``; a row with no valid key has zero weights and ``H = 0``."""
-    s = scores.masked_fill(~valid, float("-inf"))
-    m = s.amax(-1, keepdim=True).detach()
-    m = torch.where(m == float("-inf"), 0.0, m)
-    e = torch.exp(s - m)
-    total = e.sum(-1, keepdim=True)
-    total = torch.where(total == 0, 1.0, total)
+    from .pooling import shifted_exp
+
+    e, m, total = shifted_exp(scores, valid)
     z = torch.where(e > 0, scores - (m + total.log()), 0.0)  # log w_ij where w_ij > 0 (a -inf score: w = 0)
     w = e / total
     return w, -(w * z).sum(-1)

@@ -23,14 +23,21 @@ SPARSE_POOLINGS = ("sparsemax", "entmax15")  # reference and blockwise only
 POOLINGS = KERNEL_POOLINGS + SPARSE_POOLINGS
 
 
-def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
-    """Softmax over the valid keys of each row; all-zero rows where no key is valid."""
+def shifted_exp(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(e, m, total)`` of the softmax over the valid keys: ``e = exp(s - m)`` (0 at masked keys), ``m`` the row
+    max of the valid scores (0 for a row without one), ``total = sum_j e_j`` (1 for a row without a key)."""
     s = scores.masked_fill(~valid, float("-inf"))
     m = s.amax(-1, keepdim=True).detach()
     m = torch.where(m == float("-inf"), 0.0, m)  # no valid key; a NaN score keeps m NaN: the row is NaN, like torch
     e = torch.exp(s - m)
-    denom = e.sum(-1, keepdim=True)
-    return e / torch.where(denom == 0, 1.0, denom)
+    total = e.sum(-1, keepdim=True)
+    return e, m, torch.where(total == 0, 1.0, total)
+
+
+def masked_softmax(scores: Tensor, valid: Tensor) -> Tensor:
+    """Softmax over the valid keys of each row; all-zero rows where no key is valid."""
+    e, _, total = shifted_exp(scores, valid)
+    return e / total
 
 
 def one_hot_argmax(scores: Tensor, valid: Tensor) -> Tensor:

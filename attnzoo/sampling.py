@@ -310,8 +310,8 @@ class HardSampler(nn.Module):
         return f"estimator={self.estimator!r}, tau={self.tau}"
 
     def next_seed(self) -> int:
-        """A fresh seed for one training call (kept as :attr:`last_seed`)."""
-        self.last_seed = draw_seed(self.generator)
+        """A fresh seed for one training call (kept as :attr:`last_seed`; the previous draws' ``log_prob`` goes)."""
+        self.last_seed, self.log_prob = draw_seed(self.generator), None
         return self.last_seed
 
     def forward(self, scores: Tensor, valid: Tensor) -> Tensor:

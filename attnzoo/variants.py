@@ -30,7 +30,7 @@ def _valid_counts(spec: MaskSpec, device) -> Tensor:
                       for i0 in range(0, spec.nq, 256)], -1)
 
 
-def _zero_attached(*inputs: Tensor) -> Tensor:
+def zero_attached(*inputs: Tensor) -> Tensor:
     """A scalar 0 whose gradient to each input is zero (finite even if an input holds inf or NaN)."""
     total = sum(t.sum() for t in inputs)
     return total.where(torch.zeros((), dtype=torch.bool, device=total.device), 0.0)
@@ -137,26 +137,26 @@ class PooledAttention(Attention):
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
-            zero = _zero_attached(query, key, value, *(() if spec.bias is None else (spec.bias,)))
+            zero = zero_attached(query, key, value, *(() if spec.bias is None else (spec.bias,)))
             out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + zero
             weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
             return out, (weights if return_weights else None), (weights.sum(-1) if entropy else None)
+        if entropy and self.pooling in SPARSE_POOLINGS:  # from the (dense) weights
+            out, weights, _ = self._attend(query, key, value, spec, True, False)
+            return out, (weights if return_weights else None), weights_entropy(weights)
+        if entropy and self.pooling != "soft":  # one-hot weights: 0; uniform ones: log #valid (no gradient)
+            out, weights, _ = self._attend(query, key, value, spec, return_weights, False)
+            ent = zero_attached(query, key, value).expand(*spec.batch, spec.nq)
+            if self.pooling == "average":
+                ent = ent + torch.log(_valid_counts(spec, query.device).clamp_min(1).to(query.dtype))
+            return out, weights, ent
         sampled = self.sampler is not None and self.training
         backend, _, form = self._sampled_backend(query, key) if sampled else backends.select(
             self.backend, self.score, self.pooling, query, key)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
         nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         ent = None
-        if entropy and self.pooling in SPARSE_POOLINGS:  # from the (dense) weights
-            out, weights, _ = self._attend(query, key, value, spec, True, False)
-            return out, (weights if return_weights else None), weights_entropy(weights)
-        if entropy and self.pooling != "soft":  # one-hot weights: 0; uniform ones: log #valid (no gradient)
-            out, weights, _ = self._attend(query, key, value, spec, return_weights, False)
-            ent = _zero_attached(query, key, value).expand(*spec.batch, spec.nq)
-            if self.pooling == "average":
-                ent = ent + torch.log(_valid_counts(spec, query.device).clamp_min(1).to(query.dtype))
-            return out, weights, ent
-        if entropy and backend == "fused" and backends.fused_entropy(query, self.pooling) and not nonfinite:
+        if entropy and backend == "fused" and backends.cpu_kernels(query) and not nonfinite:
             return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights, True)
         if entropy and backend != "reference" and not (return_weights or nonfinite) and (
                 math.prod(spec.batch) * spec.nq * spec.nk > ENTROPY_DENSE_ELEMENTS):
@@ -164,7 +164,6 @@ class PooledAttention(Attention):
         elif entropy:
             backend = "reference"
         if backend == "fused" and sampled and not (return_weights or nonfinite):  # the kernels draw the keys
-            self.sampler.log_prob = None
             return (*backends.run_fused(form, "hard", query, key, value, spec, False, seed=self.sampler.next_seed(),
                                         tau=self.sampler.tau), None)
         if sampled:
@@ -205,7 +204,7 @@ class PooledAttention(Attention):
     def _sampled_backend(self, query: Tensor, key: Tensor):
         """``(backend, reason, form)`` of a training call of sampled hard attention: the CPU kernels draw the keys
         (straight-through Gumbel-softmax, backend "auto"), else the reference."""
-        if self.sampler.estimator == "gumbel" and backends.fused_sampling(query):
+        if self.sampler.estimator == "gumbel" and backends.cpu_kernels(query):
             backend, why, form = backends.select(self.backend, self.score, "hard", query, key)
             if backend == "fused":
                 return backend, f"{why}; sampled hard attention: the kernels draw the keys", form

@@ -90,13 +90,19 @@ def _bilinear_setup(ctx, inputs, output):
     _setup(ctx, inputs, output, 4, 5)
 
 
+def _run_backward(ctx, bwd, grad_out, grad_lse, grad_ent):
+    """``(inputs, their gradients, dbias)``: the backward op ``bwd`` on the saved tensors (the op's four tensor
+    inputs, then out, lse, argmax, soft_out, entropy)."""
+    *inputs, out, lse, argmax, soft_out, ent = ctx.saved_tensors
+    *grads, dbias = bwd(grad_out.contiguous(), grad_lse, *inputs, *ctx.rest, *ctx.mask_args,
+                        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out,
+                        **_entropy_grad(ctx, grad_ent, ent), **ctx.noise)
+    return inputs, grads, dbias
+
+
 def _bilinear_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent):
-    q, k, v, key_bias, out, lse, argmax, soft_out, ent = ctx.saved_tensors
-    dq, dk, dv, dkb, dbias = torch.ops.attnzoo.bilinear_bwd(
-        grad_out.contiguous(), grad_lse, q, k, v, key_bias, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent),
-        **ctx.noise
-    )
+    (_, _, _, key_bias), (dq, dk, dv, dkb), dbias = _run_backward(ctx, torch.ops.attnzoo.bilinear_bwd, grad_out,
+                                                                  grad_lse, grad_ent)
     return _grads(ctx, (dq, dk, dv, dkb if key_bias is not None else None), dbias)
 
 
@@ -106,13 +112,8 @@ def _elementwise_setup(ctx, inputs, output):
 
 
 def _elementwise_backward(ctx, grad_out, grad_lse, _g_argmax, _g_soft, grad_ent):
-    a, b, w, v, out, lse, argmax, soft_out, ent = ctx.saved_tensors
-    da, db, dw, dv, dbias = torch.ops.attnzoo.elementwise_bwd(
-        grad_out.contiguous(), grad_lse, a, b, w, v, *ctx.rest, *ctx.mask_args,
-        ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out, **_entropy_grad(ctx, grad_ent, ent),
-        **ctx.noise
-    )
-    return _grads(ctx, (da, db, dw, dv), dbias)
+    _, grads, dbias = _run_backward(ctx, torch.ops.attnzoo.elementwise_bwd, grad_out, grad_lse, grad_ent)
+    return _grads(ctx, grads, dbias)
 
 
 torch.library.register_autograd("attnzoo::bilinear_fwd", _bilinear_backward, setup_context=_bilinear_setup)
