@@ -13,9 +13,11 @@ from . import nn
 from .errors import AttnzooError, DuplicateNameError, PluginLoadWarning, UnknownNameError
 from .hookspecs import hookimpl, hookspec
 from .interface import Attention
+from .kv_cache import KVCache
 from .masks import MaskSpec
 from .measures import entropy
 from .nn import AttentionPool, HierarchicalAttention, PositionalEncoding
+from .prepared import PreparedKeys
 from .registry import PluginFailure, Registry, ScoreInfo, VariantInfo, accepted_options, check_options
 
 __version__ = "0.1.0"
@@ -100,6 +102,7 @@ __all__ = [
     "Attention",
     "AttentionPool",
     "HierarchicalAttention",
+    "KVCache",
     "PositionalEncoding",
     "nn",
     "AttnzooError",
@@ -107,6 +110,7 @@ __all__ = [
     "MaskSpec",
     "PluginFailure",
     "PluginLoadWarning",
+    "PreparedKeys",
     "Registry",
     "ScoreInfo",
     "UnknownNameError",

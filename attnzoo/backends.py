@@ -7,6 +7,7 @@ allocate more than ``blockwise.AUTO_ABOVE_BYTES`` for a broadcast score, else th
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -87,13 +88,13 @@ def _reference_or_blockwise(why: str, pooling: str, query: Tensor, key: Tensor):
 def check_form(name: str, form: Bilinear | Elementwise, query: Tensor, key: Tensor) -> None:
     """The tensors of a score's fused form must fit the inputs: ``(..., Nq, F)`` per query,
     ``(..., Nk, F)`` per key, one feature size ``F``, the inputs' batch dims, dtype and device."""
-    batch, nq, nk = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
+    batch, kbatch, nq, nk = tuple(query.shape[:-2]), tuple(key.shape[:-2]), query.shape[-2], key.shape[-2]
     if isinstance(form, Bilinear):
-        parts = {"q": (form.q, (*batch, nq, None)), "k": (form.k, (*batch, nk, None))}
+        parts = {"q": (form.q, (*batch, nq, None)), "k": (form.k, (*kbatch, nk, None))}
         if form.key_bias is not None:
-            parts["key_bias"] = (form.key_bias, (*batch, nk))
+            parts["key_bias"] = (form.key_bias, (*kbatch, nk))
     else:
-        parts = {"a": (form.a, (*batch, nq, None)), "b": (form.b, (*batch, nk, None)), "w": (form.w, (None,))}
+        parts = {"a": (form.a, (*batch, nq, None)), "b": (form.b, (*kbatch, nk, None)), "w": (form.w, (None,))}
     width = None
     for field, (t, want) in parts.items():
         what = f"score {name}: fused() form {type(form).__name__}.{field}"
@@ -125,17 +126,35 @@ def cpu_kernels(query: Tensor) -> bool:
     return query.device.type == "cpu" and "cpu" in ops.compiled_devices()
 
 
+def kv_group(query: Tensor, key: Tensor) -> int:
+    """Query heads per key head: ``H / G`` for grouped keys ``(..., G, Nk, D)`` of queries ``(..., H, Nq, D)``,
+    else 1."""
+    return 1 if key.shape[:-2] == query.shape[:-2] else query.shape[-3] // key.shape[-3]
+
+
+def ungroup(t: Tensor, group: int) -> Tensor:
+    """Grouped keys or values ``(..., G, Nk, D)`` repeated to ``(..., G * group, Nk, D)`` (head ``h`` reads
+    ``h // group``)."""
+    return t if group == 1 else t.repeat_interleave(group, dim=-3)
+
+
 def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Tensor, value: Tensor,
               spec: MaskSpec, return_weights: bool, entropy: bool = False, seed: int | None = None,
               tau: float = 1.0):
     """Run ``form`` on ``torch.ops.attnzoo``; weights, if asked for, are recomputed from the form.
     Returns ``(out, weights or None)``, and with ``entropy`` (soft pooling, :func:`cpu_kernels`) ``(out, weights, H)``.
-    ``seed``: sampled hard attention (the kernels' noise; CPU, no weights)."""
+    ``seed``: sampled hard attention (the kernels' noise; CPU, no weights). Grouped keys and values
+    (:func:`kv_group`) go to the CPU kernels as they are, elsewhere repeated."""
     nb = len(spec.batch)
+    group = kv_group(query, key)
+    if not cpu_kernels(query):  # the other kernels take neither grouped keys nor a query offset
+        form, value = ungroup_form(form, group), ungroup(value, group)
+        spec = spec.without_offset()
     valid_lens, mask = spec.flat()
     bias, alibi = spec.flat_positions()
     kw = dict(valid_lens=valid_lens, mask=mask, bias=bias, alibi=alibi, pooling=pooling, causal=spec.causal,
-              window=spec.window, entropy=entropy, **({} if seed is None else dict(seed=seed, tau=tau)))
+              window=spec.window, entropy=entropy, q_offset=spec.q_offset,
+              **({} if seed is None else dict(seed=seed, tau=tau)))
     v = _flat(value, nb)
     if isinstance(form, Bilinear):
         kb = None if form.key_bias is None else _flat(form.key_bias, nb)
@@ -150,6 +169,16 @@ def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Te
     return out, weights, res[3].reshape(*spec.batch, spec.nq).to(query.dtype)
 
 
+def ungroup_form(form: Bilinear | Elementwise, group: int) -> Bilinear | Elementwise:
+    """A fused form of grouped keys with its per-key tensors repeated (:func:`ungroup`)."""
+    if group == 1:
+        return form
+    if isinstance(form, Bilinear):
+        kb = None if form.key_bias is None else form.key_bias.repeat_interleave(group, dim=-2)
+        return replace(form, k=ungroup(form.k, group), key_bias=kb)
+    return replace(form, b=ungroup(form.b, group))
+
+
 def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:
     """The weights of the fused call: the softmax over valid keys of the scores recomputed from the kernel's
     own form (its lse is not reused: where the recomputed scores round differently from the kernel's,
@@ -157,6 +186,8 @@ def _fused_weights(form, pooling, query, spec, argmax) -> Tensor:
     valid = spec.dense(query.device)
     if pooling == "average":
         return pool(None, valid, "average", query.dtype)
+    form = ungroup_form(form, kv_group(form.q if isinstance(form, Bilinear) else form.a,
+                                       form.k if isinstance(form, Bilinear) else form.b))
     if isinstance(form, Bilinear):
         s = reference.bilinear_scores(form.q, form.k, form.key_bias, form.scale)
     else:

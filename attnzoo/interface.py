@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from . import prepared as _prepared
 from .masks import MaskSpec
 from .measures import weights_entropy
+from .prepared import PreparedKeys
 from .validation import check_qkv, mask_spec
 
 
@@ -22,7 +24,7 @@ class Attention(nn.Module):
     with no valid key gets a zero output, zero weights and zero gradients. ``bias``: a float
     tensor broadcastable to ``(..., Nq, Nk)`` (multi-head: ``(..., H, Nq, Nk)``) added to the scores
     (SDPA's float ``attn_mask``; ``-inf`` masks a key), differentiable; variants that read no scores
-    reject it (:attr:`takes_bias`).
+    reject it (:attr:`takes_bias`). ``key`` may be :meth:`prepare_keys`'s result (the score's key side computed once).
 
     Subclasses implement :meth:`attend`, which receives validated inputs and a
     :class:`~attnzoo.masks.MaskSpec`; values at keys no query may attend are already zeroed.
@@ -40,6 +42,9 @@ class Attention(nn.Module):
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 mask: Tensor | None = None, *, valid_lens: Tensor | None = None, bias: Tensor | None = None,
                 return_weights: bool = False, return_entropy: bool = False):
+        prepared = key if isinstance(key, PreparedKeys) else None
+        if prepared is not None:
+            key = prepared.check(self)
         key = query if key is None else key  # attn(x): self-attention, attn(x, x, x)
         value = key if value is None else value
         check_qkv(query, key, value)
@@ -51,11 +56,27 @@ class Attention(nn.Module):
         if used is not None:  # padding may hold garbage (NaN, inf): 0 * NaN would leak into outputs and gradients
             value = value.masked_fill(~used.unsqueeze(-1), 0.0)
             key = key.masked_fill(~used.unsqueeze(-1), 0.0)
+        if prepared is not None:
+            with _prepared.active(prepared, used):
+                return self._call(query, key, value, spec, return_weights, return_entropy)
+        return self._call(query, key, value, spec, return_weights, return_entropy)
+
+    def _call(self, query, key, value, spec: MaskSpec, return_weights: bool, return_entropy: bool):
         if not return_entropy:
             out, weights = self.attend(query, key, value, spec, return_weights)
             return (out, weights) if return_weights else out
         out, weights, ent = self.attend_entropy(query, key, value, spec, return_weights)
         return (out, weights, ent) if return_weights else (out, ent)
+
+    def prepare_keys(self, key: Tensor) -> PreparedKeys:
+        """``key (..., Nk, Dk)`` with the key-side terms of this variant's score computed once; pass the result as
+        ``key`` of later calls (:mod:`attnzoo.prepared`). Variants whose score has no key-side term keep the keys."""
+        from .validation import check_tensor
+
+        check_tensor("key", key)
+        score = getattr(self, "score", None)
+        prepare = getattr(score, "prepare_key", None)
+        return PreparedKeys(self, score, key, prepare(key) if callable(prepare) else {})
 
     def attend(self, query: Tensor, key: Tensor, value: Tensor, spec: MaskSpec,
                return_weights: bool) -> tuple[Tensor, Tensor | None]:

@@ -7,8 +7,10 @@ Key ``j`` takes part for query ``i`` iff all of these hold:
 * ``j <= i``                    (``causal``)
 * ``|i - j| <= window``         (local window)
 
-Positions are indices: query ``i`` sits at key position ``i``, also when ``Nq != Nk``
-(the top-left alignment of ``torch.nn.functional.scaled_dot_product_attention``).
+Positions are indices: query ``i`` sits at key position ``i + q_offset``; ``q_offset = 0`` is the top-left
+alignment of ``torch.nn.functional.scaled_dot_product_attention`` (the default, also when ``Nq != Nk``),
+``q_offset = Nk - Nq`` the bottom-right one of a KV cache (``align="bottom_right"``: the last query sees every
+key). In the rules above and below, ``i`` stands for the query's position.
 
 The spec also carries the positional terms added to every score before pooling:
 ``s_ij = (s_ij + bias[..., i, j]) - m |i - j|`` (a float ``bias`` of the call; ALiBi slopes ``m``).
@@ -39,14 +41,17 @@ class MaskSpec:
     window: int | None = None
     bias: Tensor | None = None  # float, broadcastable to batch + (Nq, Nk)
     alibi: Tensor | None = None  # float ALiBi slopes, broadcastable to batch
+    q_offset: int = 0  # query i sits at key position i + q_offset
 
     @property
     def is_empty(self) -> bool:
         return self.valid_lens is None and self.mask is None and not self.causal and self.window is None
 
-    def with_structure(self, causal: bool = False, window: int | None = None) -> MaskSpec:
-        """Add a variant's own causality / window to the user's masks."""
-        return replace(self, causal=self.causal or causal, window=window if window is not None else self.window)
+    def with_structure(self, causal: bool = False, window: int | None = None, align: str = "top_left") -> MaskSpec:
+        """Add a variant's own causality / window to the user's masks, its queries at ``align`` (the offset adds to
+        the spec's own, e.g. a KV cache's)."""
+        return replace(self, causal=self.causal or causal, window=window if window is not None else self.window,
+                       q_offset=self.q_offset + align_offset(align, self.nq, self.nk))
 
     def with_alibi(self, slopes: Tensor | None) -> MaskSpec:
         """Add a variant's ALiBi slopes (broadcastable to ``batch``)."""
@@ -64,11 +69,33 @@ class MaskSpec:
                 b = b[..., j0:j0 + bk]
             scores = scores + b.to(scores.dtype)
         if self.alibi is not None:
-            i = torch.arange(i0, i0 + bq, device=scores.device).view(bq, 1)
+            i = torch.arange(i0, i0 + bq, device=scores.device).view(bq, 1) + self.q_offset
             j = torch.arange(j0, j0 + bk, device=scores.device).view(1, bk)
             dist = (i - j).abs().to(scores.dtype)
             scores = scores - self.alibi.to(scores.dtype)[..., None, None] * dist
         return scores
+
+    def without_offset(self) -> MaskSpec:
+        """The same masks and positional terms with ``q_offset = 0`` (for kernels that take no offset): causality
+        and window become a bool ``(Nq, Nk)`` mask, ALiBi a bias term."""
+        if not self.q_offset or self.nq == 0 or self.nk == 0:
+            return replace(self, q_offset=0)
+        dev = next((t.device for t in (self.valid_lens, self.mask, self.bias, self.alibi) if t is not None), None)
+        i = torch.arange(self.nq, device=dev).view(-1, 1) + self.q_offset
+        j = torch.arange(self.nk, device=dev).view(1, -1)
+        mask, bias = self.mask, self.bias
+        if self.causal or self.window is not None:
+            m = torch.ones(self.nq, self.nk, dtype=torch.bool, device=dev)
+            if self.causal:
+                m = m & (j <= i)
+            if self.window is not None:
+                m = m & ((i - j).abs() <= self.window)
+            mask = m if mask is None else mask & m
+        if self.alibi is not None:
+            ref = self.bias if self.bias is not None else self.alibi
+            term = -self.alibi.to(ref.dtype)[..., None, None] * (i - j).abs().to(ref.dtype)
+            bias = term if bias is None else bias + term
+        return replace(self, mask=mask, causal=False, window=None, alibi=None, bias=bias, q_offset=0)
 
     def flat_positions(self) -> tuple[Tensor | None, Tensor | None]:
         """Kernel arguments for the batch flattened to ``B``: the bias as ``(B1, B2, Nq', Nk')`` with ``B1 B2 = B``
@@ -87,7 +114,7 @@ class MaskSpec:
     def block(self, i0: int, i1: int, j0: int, j1: int, device: torch.device | str | None = None) -> Tensor:
         """Bool ``batch + (i1 - i0, j1 - j0)``: :meth:`dense` for queries ``i0 .. i1 - 1`` and keys ``j0 .. j1 - 1``,
         built for that block alone (no ``Nq x Nk`` tensor)."""
-        i = torch.arange(i0, i1, device=device).view(-1, 1)
+        i = torch.arange(i0, i1, device=device).view(-1, 1) + self.q_offset
         j = torch.arange(j0, j1, device=device).view(1, -1)
         valid = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
         if self.causal:
@@ -142,6 +169,20 @@ class MaskSpec:
         if self.mask is not None:
             m = self.mask.expand(*self.batch, self.nq, self.nk).reshape(B, self.nq, self.nk)
         return vl, m
+
+
+ALIGNS = ("top_left", "bottom_right")
+
+
+def check_align(align: str) -> str:
+    if align not in ALIGNS:
+        raise ValueError(f"align: got {align!r}, expected one of {ALIGNS} (where query i sits among the keys)")
+    return align
+
+
+def align_offset(align: str, nq: int, nk: int) -> int:
+    """The key position of query 0: 0 (top-left) or ``nk - nq`` (bottom-right)."""
+    return nk - nq if check_align(align) == "bottom_right" else 0
 
 
 def _bias_4d(bias: Tensor, batch: tuple[int, ...]) -> Tensor:

@@ -249,8 +249,9 @@ def _variant_info(name, factory, plugin, *, description="", capabilities=(), exa
 def _score_variant(s: ScoreInfo) -> VariantInfo:
     from .variants import PooledAttention
 
-    def factory(backend: str = "auto", causal: bool = False, **options):
-        return PooledAttention(build_score(s, options, caller=factory), "soft", causal=causal, backend=backend)
+    def factory(backend: str = "auto", causal: bool = False, align: str = "top_left", **options):
+        return PooledAttention(build_score(s, options, caller=factory), "soft", causal=causal, backend=backend,
+                               align=align)
 
     example = getattr(s.cls, "example_options", None)
     return VariantInfo(

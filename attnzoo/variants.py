@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import backends, blockwise
 from .interface import Attention
-from .masks import MaskSpec
+from .masks import MaskSpec, check_align
 from .measures import soft_weights_entropy, weights_entropy
 from .pooling import POOLINGS, SPARSE_POOLINGS, pool
 from .positions import alibi_slopes_tensor
@@ -62,7 +62,9 @@ class PooledAttention(Attention):
     """``score`` x ``pooling`` (``soft`` | ``hard`` | ``average`` | ``sparsemax`` | ``entmax15``), optionally causal
     or windowed.
 
-    ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``.
+    ``window=w`` keeps keys with ``|i - j| <= w`` (local attention); ``causal`` keeps ``j <= i``; ``align``: where
+    query ``i`` sits among the keys for both and for ALiBi, ``"top_left"`` (position ``i``) or ``"bottom_right"``
+    (``Nk - Nq + i``, the KV-cache convention; :mod:`attnzoo.masks`).
     ``alibi``: ALiBi slopes ``m`` (a number, or one per head for multi-head inputs ``(..., H, N, D)``):
     ``s_ij -= m |i - j|`` (:mod:`attnzoo.positions`). ``sampler`` (hard pooling; a
     :class:`~attnzoo.sampling.HardSampler`): in training mode each query draws its key from the softmax
@@ -71,7 +73,8 @@ class PooledAttention(Attention):
     """
 
     def __init__(self, score: nn.Module | None, pooling: str = "soft", *, causal: bool = False,
-                 window: int | None = None, backend: str = "auto", alibi=None, sampler=None):
+                 window: int | None = None, backend: str = "auto", alibi=None, sampler=None,
+                 align: str = "top_left"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: got {pooling!r}, expected one of {POOLINGS}")
@@ -88,6 +91,7 @@ class PooledAttention(Attention):
         self.pooling = pooling
         self.causal = bool(causal)
         self.window = window
+        self.align = check_align(align)
         self.backend = backends.check_backend(backend)
         self.takes_bias = pooling != "average"
         self.sampler = sampler
@@ -118,6 +122,8 @@ class PooledAttention(Attention):
             parts.append("causal=True")
         if self.window is not None:
             parts.append(f"window={self.window}")
+        if self.align != "top_left":
+            parts.append(f"align={self.align!r}")
         if self.alibi_slopes is not None:
             parts.append(f"alibi={self.alibi_slopes.tolist()}")
         return ", ".join(parts)
@@ -130,10 +136,12 @@ class PooledAttention(Attention):
                        return_weights: bool) -> tuple[Tensor, Tensor | None, Tensor]:
         return self._attend(query, key, value, spec, return_weights, True)
 
-    def _attend(self, query, key, value, spec: MaskSpec, return_weights: bool, entropy: bool):
-        """``(out, weights or None, entropy or None)``."""
-        spec = spec.with_structure(self.causal, self.window).with_alibi(
-            None if self.alibi_slopes is None else self.alibi_slopes.to(query.device))
+    def _attend(self, query, key, value, spec: MaskSpec, return_weights: bool, entropy: bool, structured: bool = True):
+        """``(out, weights or None, entropy or None)``; ``structured=False``: ``spec`` already holds this variant's
+        causality, window and ALiBi terms (a KV cache's per-entry positions)."""
+        if structured:
+            spec = spec.with_structure(self.causal, self.window, self.align).with_alibi(
+                None if self.alibi_slopes is None else self.alibi_slopes.to(query.device))
         if self.score is not None and hasattr(self.score, "check"):
             self.score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
@@ -142,14 +150,15 @@ class PooledAttention(Attention):
             weights = value.new_zeros(*spec.batch, spec.nq, spec.nk) + zero
             return out, (weights if return_weights else None), (weights.sum(-1) if entropy else None)
         if entropy and self.pooling in SPARSE_POOLINGS:  # from the (dense) weights
-            out, weights, _ = self._attend(query, key, value, spec, True, False)
+            out, weights, _ = self._attend(query, key, value, spec, True, False, False)
             return out, (weights if return_weights else None), weights_entropy(weights)
         if entropy and self.pooling != "soft":  # one-hot weights: 0; uniform ones: log #valid (no gradient)
-            out, weights, _ = self._attend(query, key, value, spec, return_weights, False)
+            out, weights, _ = self._attend(query, key, value, spec, return_weights, False, False)
             ent = zero_attached(query, key, value).expand(*spec.batch, spec.nq)
             if self.pooling == "average":
                 ent = ent + torch.log(_valid_counts(spec, query.device).clamp_min(1).to(query.dtype))
             return out, weights, ent
+        group = backends.kv_group(query, key)  # grouped keys (multi-head num_kv_heads): the CPU kernels read them
         sampled = self.sampler is not None and self.training
         backend, _, form = self._sampled_backend(query, key) if sampled else backends.select(
             self.backend, self.score, self.pooling, query, key)
@@ -168,6 +177,8 @@ class PooledAttention(Attention):
                                         tau=self.sampler.tau), None)
         if sampled:
             backend = "reference"
+        if group > 1 and backend != "fused":
+            key, value = backends.ungroup(key, group), backends.ungroup(value, group)
         if backend == "fused":
             out, weights = backends.run_fused(form, self.pooling, query, key, value, spec, return_weights or nonfinite)
         elif backend == "blockwise" and not (return_weights or nonfinite):  # (weights: the reference's way)
@@ -191,6 +202,7 @@ class PooledAttention(Attention):
                 weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
             out = weights @ value
         if nonfinite:
+            value = backends.ungroup(value, backends.kv_group(query, value))
             out = _pool_nonfinite(weights, value, spec.dense(query.device))
         return out, (weights if return_weights else None), ent
 

@@ -26,7 +26,7 @@ def _score_example(score: str):
 def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_window: bool = False):
     def factory(score: str = "scaled_dot", causal: bool = False, window: int | None = default_window,
                 backend: str = "auto", position: str | None = None, alibi_slope: float | None = None,
-                **score_options):
+                align: str = "top_left", **score_options):
         if needs_window and window is None:
             raise ValueError("window: local attention needs window=w (keys with |i - j| <= w), got None")
         check_alibi_slope(position, alibi_slope)
@@ -37,7 +37,7 @@ def _pooling(pooling: str, doc: str, default_window: int | None = None, needs_wi
             score_options["position"] = position
         info = attnzoo.registry_instance().score(score)
         built = build_score(info, score_options, caller=factory)
-        return PooledAttention(built, pooling, causal=causal, window=window, backend=backend, alibi=alibi)
+        return PooledAttention(built, pooling, causal=causal, window=window, backend=backend, alibi=alibi, align=align)
 
     factory.__doc__ = doc
     return factory
@@ -50,7 +50,7 @@ _hard_pooling = _pooling("hard", "")
 def _hard(score: str = "scaled_dot", causal: bool = False, window: int | None = None, backend: str = "auto",
           position: str | None = None, alibi_slope: float | None = None, sample: bool = False,
           estimator: str = "gumbel", tau: float = 1.0, seed: int | None = None, generator=None,
-          baseline_decay: float = 0.9, **score_options):
+          baseline_decay: float = 0.9, align: str = "top_left", **score_options):
     """Hard attention: one-hot at the arg-max score (first on ties), straight-through gradient.
 
     ``sample=True`` (Xu et al. 2015): in training mode each query draws one key from its softmax (Gumbel-max,
@@ -68,7 +68,7 @@ def _hard(score: str = "scaled_dot", causal: bool = False, window: int | None = 
         sampler = HardSampler(estimator, tau, seed, generator, baseline_decay)
     elif (estimator, tau, seed, generator) != ("gumbel", 1.0, None, None):
         raise ValueError("sample: estimator=, tau=, seed= and generator= need sample=True")
-    attn = _hard_pooling(score, causal, window, backend, position, alibi_slope, **score_options)
+    attn = _hard_pooling(score, causal, window, backend, position, alibi_slope, align=align, **score_options)
     attn.sampler = sampler
     return attn
 
@@ -77,7 +77,8 @@ _local_window = _pooling("soft", "", default_window=2, needs_window=True)
 
 def _local(score: str = "scaled_dot", causal: bool = False, window: int | None = 2, backend: str = "auto",
            position: str | None = None, alibi_slope: float | None = None, predict_center: bool = False,
-           query_dim: int | None = None, center_hidden: int | None = None, **score_options):
+           query_dim: int | None = None, center_hidden: int | None = None, align: str = "top_left",
+           **score_options):
     """Local attention: softmax over the keys with |i - j| <= window (positions are indices).
 
     ``predict_center=True`` (Luong et al. 2015, local-p): the window sits around a centre predicted from the
@@ -91,11 +92,11 @@ def _local(score: str = "scaled_dot", causal: bool = False, window: int | None =
     if not predict_center:
         if center_hidden is not None:
             raise ValueError("predict_center: center_hidden= needs predict_center=True")
-        return _local_window(score, causal, window, backend, position, alibi_slope, **score_options)
+        return _local_window(score, causal, window, backend, position, alibi_slope, align=align, **score_options)
     if query_dim is None:
         raise ValueError("query_dim: predict_center=True needs the query's dim (for W_p), got None")
     for name, val, default in (("causal", causal, False), ("position", position, None),
-                               ("alibi_slope", alibi_slope, None)):
+                               ("alibi_slope", alibi_slope, None), ("align", align, "top_left")):
         if val != default:
             raise ValueError(f"{name}: local-p attention has no {name}= (its window follows the predicted centre)")
     if backend not in ("auto", "reference"):
@@ -110,9 +111,9 @@ _entmax15 = _pooling("entmax15", "1.5-entmax attention (Peters et al. 2019): w =
                      "between softmax and sparsemax.")
 
 
-def _average(causal: bool = False, window: int | None = None, backend: str = "auto"):
+def _average(causal: bool = False, window: int | None = None, backend: str = "auto", align: str = "top_left"):
     """Average pooling: uniform weights over the valid keys, ignoring the query (d2l's baseline)."""
-    return PooledAttention(None, "average", causal=causal, window=window, backend=backend)
+    return PooledAttention(None, "average", causal=causal, window=window, backend=backend, align=align)
 
 
 @attnzoo.hookimpl

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 import attnzoo
 from attnzoo.positions import check_position, rope
+from attnzoo.prepared import key_term
 from attnzoo.scoring import Bilinear, Elementwise, Score, check_size
 
 
@@ -149,12 +150,16 @@ class Additive(Score):
     def example_options(cls, query_dim, key_dim):
         return {"query_dim": query_dim, "key_dim": key_dim, "hidden_dim": 2 * max(query_dim, key_dim)}
 
+    def prepare_key(self, key: Tensor) -> dict[str, Tensor]:
+        """The key side ``W_k k`` (:meth:`attnzoo.Attention.prepare_keys`)."""
+        return {"W_k k": self.W_k(key)}
+
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        features = torch.tanh(self.W_q(query).unsqueeze(-2) + self.W_k(key).unsqueeze(-3))
+        features = torch.tanh(self.W_q(query).unsqueeze(-2) + key_term(self, "W_k k", key, self.W_k).unsqueeze(-3))
         return self.w_v(features).squeeze(-1)
 
     def fused(self, query, key):
-        return Elementwise(self.W_q(query), self.W_k(key), self.w_v.weight[0], term="tanh")
+        return Elementwise(self.W_q(query), key_term(self, "W_k k", key, self.W_k), self.w_v.weight[0], term="tanh")
 
 
 SCORES = {

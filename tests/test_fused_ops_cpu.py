@@ -492,7 +492,7 @@ def test_no_extra_threads():
 
 def test_error_messages():
     q, k, v, _, scale = make_inputs("bilinear", torch.float32, 2, 3, 7)
-    with pytest.raises(RuntimeError, match=r"key_bias must have shape \(B, Nk\) = \(2, 7\), got \(2, 5\)"):
+    with pytest.raises(RuntimeError, match=r"key_bias must have shape \(Bk, Nk\) = \(2, 7\), got \(2, 5\)"):
         torch.ops.attnzoo.bilinear_fwd(q, k, v, torch.zeros(2, 5), scale, None, None, None, None, 0, False, -1)
     with pytest.raises(RuntimeError, match="valid_lens must be int64"):
         torch.ops.attnzoo.bilinear_fwd(q, k, v, None, scale, torch.zeros(2, 3), None, None, None, 0, False, -1)

@@ -19,13 +19,13 @@ def _fwd_fake(x, v, pooling, entropy):
 
 @torch.library.register_fake("attnzoo::bilinear_fwd")
 def _bilinear_fwd_fake(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
-                       entropy=False, seed=None, tau=1.0):
+                       entropy=False, seed=None, tau=1.0, q_offset=0):
     return _fwd_fake(q, v, pooling, entropy)
 
 
 @torch.library.register_fake("attnzoo::elementwise_fwd")
 def _elementwise_fwd_fake(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window,
-                          entropy=False, seed=None, tau=1.0):
+                          entropy=False, seed=None, tau=1.0, q_offset=0):
     return _fwd_fake(a, v, pooling, entropy)
 
 
@@ -36,7 +36,7 @@ def _dbias_fake(x, bias, bias_grad):
 @torch.library.register_fake("attnzoo::bilinear_bwd")
 def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal,
                        window, bias_grad, *saved, grad_entropy=None, saved_entropy=None, seed=None,
-                       tau=1.0):
+                       tau=1.0, q_offset=0):
     # the kernels return contiguous gradients, whatever the inputs' strides
     dkb = key_bias.new_empty(key_bias.shape) if key_bias is not None else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dkb, _dbias_fake(q, bias, bias_grad)
@@ -45,13 +45,13 @@ def _bilinear_bwd_fake(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens,
 @torch.library.register_fake("attnzoo::elementwise_bwd")
 def _elementwise_bwd_fake(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
                           causal, window, bias_grad, *saved, grad_entropy=None, saved_entropy=None,
-                          seed=None, tau=1.0):
+                          seed=None, tau=1.0, q_offset=0):
     return (a.new_empty(a.shape), b.new_empty(b.shape), w.new_empty(w.shape), v.new_empty(v.shape),
             _dbias_fake(a, bias, bias_grad))
 
 
 # The mask group of both ops' inputs (schemas._MASKS): valid_lens, mask, bias, alibi, pooling, causal, window;
-# then the forward's entropy flag, seed and tau.
+# then the forward's entropy flag, seed, tau and q_offset.
 _BIAS, _ALIBI, _N_MASKS = 2, 3, 7
 
 
@@ -67,7 +67,11 @@ def _setup(ctx, inputs, output, n_tensors, masks_at):
     extra = inputs[masks_at + _N_MASKS:]
     ctx.entropy = bool(extra[0]) if extra else False
     seed, tau = (extra[1] if len(extra) > 1 else None), (extra[2] if len(extra) > 2 else 1.0)
-    ctx.noise = {} if seed is None else dict(seed=seed, tau=tau)  # the backward redraws the same noise
+    # the backward's keyword arguments: the same noise (redrawn) and the same query positions
+    ctx.bwd_kw = {} if seed is None else dict(seed=seed, tau=tau)
+    q_offset = extra[3] if len(extra) > 3 else 0
+    if q_offset:
+        ctx.bwd_kw["q_offset"] = q_offset
     ctx.bias_at = masks_at + _BIAS
     ctx.n_inputs = len(inputs)
 
@@ -96,7 +100,7 @@ def _run_backward(ctx, bwd, grad_out, grad_lse, grad_ent):
     *inputs, out, lse, argmax, soft_out, ent = ctx.saved_tensors
     *grads, dbias = bwd(grad_out.contiguous(), grad_lse, *inputs, *ctx.rest, *ctx.mask_args,
                         ctx.needs_input_grad[ctx.bias_at], out, lse, argmax, soft_out,
-                        **_entropy_grad(ctx, grad_ent, ent), **ctx.noise)
+                        **_entropy_grad(ctx, grad_ent, ent), **ctx.bwd_kw)
     return inputs, grads, dbias
 
 

@@ -26,18 +26,20 @@ def bilinear_attention(
     q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None = None, scale: float = 1.0, *,
     valid_lens: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None,
     alibi: Tensor | None = None, pooling: str = "soft", causal: bool = False, window: int | None = None,
-    entropy: bool = False, seed: int | None = None, tau: float = 1.0,
+    entropy: bool = False, seed: int | None = None, tau: float = 1.0, q_offset: int = 0,
 ) -> tuple[Tensor, ...]:
-    """Fused ``pool_j(scale * q_i . k_j + key_bias_j [+ bias_ij - alibi_b |i - j|]) v_j``; 3-D inputs (B, N, D).
+    """Fused ``pool_j(scale * q_i . k_j + key_bias_j [+ bias_ij - alibi_b |i - j|]) v_j``; 3-D inputs q (B, Nq, D),
+    k (Bk, Nk, D), v (Bk, Nk, Dv) with ``Bk`` dividing ``B`` (grouped keys: query batch ``b`` reads ``b // (B / Bk)``).
 
     Returns ``(out (B, Nq, Dv), lse (B, Nq), argmax (B, Nq) or empty)``, and with ``entropy`` (soft pooling,
     CPU kernels) also ``-sum_j p_ij log p_ij`` (B, Nq), differentiable; the mask and positional arguments
     follow :mod:`attnzoo.ops.schemas`; ``seed`` (hard pooling, CPU kernels): sampled hard attention at
-    temperature ``tau`` (straight-through Gumbel-softmax, noise of :mod:`attnzoo.sampling`).
+    temperature ``tau`` (straight-through Gumbel-softmax, noise of :mod:`attnzoo.sampling`); ``q_offset``: query
+    ``i`` sits at key position ``i + q_offset`` (causal, window, ALiBi; ``Nk - Nq``: bottom-right).
     """
     out, lse, argmax, _, ent = torch.ops.attnzoo.bilinear_fwd(
         q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window),
-        bool(entropy), seed, float(tau)
+        bool(entropy), seed, float(tau), int(q_offset)
     )
     return (out, lse, argmax, ent) if entropy else (out, lse, argmax)
 
@@ -46,17 +48,18 @@ def elementwise_attention(
     a: Tensor, b: Tensor, w: Tensor, v: Tensor, *, term: str = "tanh", profile: str = "identity",
     valid_lens: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None,
     alibi: Tensor | None = None, pooling: str = "soft", causal: bool = False, window: int | None = None,
-    entropy: bool = False, seed: int | None = None, tau: float = 1.0,
+    entropy: bool = False, seed: int | None = None, tau: float = 1.0, q_offset: int = 0,
 ) -> tuple[Tensor, ...]:
-    """Fused ``pool_j(g(sum_h w_h phi(a_ih, b_jh))) v_j``; a (B, Nq, H), b (B, Nk, H), w (H,).
+    """Fused ``pool_j(g(sum_h w_h phi(a_ih, b_jh))) v_j``; a (B, Nq, H), b (Bk, Nk, H), w (H,), v (Bk, Nk, Dv).
 
     ``term`` phi: ``"tanh"`` (tanh(a + b)), ``"abs_diff"`` (|a - b|), ``"sq_diff"`` ((a - b)^2);
-    ``profile`` g: ``"identity"``, ``"boxcar"``, ``"epanechnikov"`` (:mod:`attnzoo.ops.schemas`); ``entropy``,
-    ``seed`` and ``tau`` as in :func:`bilinear_attention`.
+    ``profile`` g: ``"identity"``, ``"boxcar"``, ``"epanechnikov"`` (:mod:`attnzoo.ops.schemas`); grouped keys,
+    ``entropy``, ``seed``, ``tau`` and ``q_offset`` as in :func:`bilinear_attention`.
     """
     out, lse, argmax, _, ent = torch.ops.attnzoo.elementwise_fwd(
         a, b, w, v, _code("term", term, TERMS), _code("profile", profile, PROFILES),
-        *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau)
+        *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau),
+        int(q_offset)
     )
     return (out, lse, argmax, ent) if entropy else (out, lse, argmax)
 

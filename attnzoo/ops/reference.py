@@ -23,10 +23,22 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window) -> Tensor:
+def valid_matrix(B, Nq, Nk, device, valid_lens, mask, causal, window, q_offset=0) -> Tensor:
     """Bool ``(B, Nq, Nk)``: which (query, key) pairs take part (the ops' ``window < 0``: no window)."""
     window = None if window < 0 else window
-    return MaskSpec((B,), Nq, Nk, valid_lens, mask, causal, window).dense(device)
+    return MaskSpec((B,), Nq, Nk, valid_lens, mask, causal, window, q_offset=q_offset).dense(device)
+
+
+def _ungroup(B: int, *keyside):
+    """Grouped keys (batch ``Bk`` dividing ``B``) repeated to batch ``B``: query batch ``b`` reads ``b // (B / Bk)``."""
+    return tuple(t if t is None or t.shape[0] == B else t.repeat_interleave(B // t.shape[0], 0) for t in keyside)
+
+
+def _regroup(grad: Tensor, like: Tensor) -> Tensor:
+    """A key-side gradient of batch ``B`` summed over each group back to ``like``'s batch ``Bk``."""
+    if grad.shape[0] == like.shape[0] or grad.numel() == 0:
+        return grad
+    return grad.reshape(like.shape[0], -1, *grad.shape[1:]).sum(1)
 
 
 def _as_4d(bias: Tensor) -> Tensor:
@@ -41,15 +53,15 @@ def _inner(bias4: Tensor, B: int) -> int:
     return B // bias4.shape[0] if bias4.shape[0] > 1 else 1
 
 
-def add_positions(s: Tensor, bias, alibi) -> Tensor:
-    """``(s + bias) - alibi_b |i - j|`` for scores ``s`` (B, Nq, Nk) and the ops' ``bias`` / ``alibi``."""
+def add_positions(s: Tensor, bias, alibi, q_offset: int = 0) -> Tensor:
+    """``(s + bias) - alibi_b |i + q_offset - j|`` for scores ``s`` (B, Nq, Nk) and the ops' ``bias`` / ``alibi``."""
     B, Nq, Nk = s.shape
     if bias is not None:
         b4 = _as_4d(bias)
         B2 = _inner(b4, B)
         s = s + b4.to(s.dtype).expand(B // B2 if B2 else 0, B2, Nq, Nk).reshape(B, Nq, Nk)
     if alibi is not None:
-        i = torch.arange(Nq, device=s.device).view(Nq, 1)
+        i = torch.arange(Nq, device=s.device).view(Nq, 1) + q_offset
         j = torch.arange(Nk, device=s.device).view(1, Nk)
         s = s - alibi.to(s.dtype).view(B, 1, 1) * (i - j).abs().to(s.dtype)
     return s
@@ -158,19 +170,22 @@ def add_noise(s: Tensor, pooling: int, seed, tau: float) -> Tensor:
 
 
 def bilinear_fwd(q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False,
-                 seed=None, tau=1.0):
+                 seed=None, tau=1.0, q_offset=0):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
-    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi), pooling, seed, tau)
+    k, v, key_bias = _ungroup(B, k, v, key_bias)
+    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window, q_offset)
+    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi, q_offset), pooling, seed, tau)
     out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, q.dtype)
     return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
 
 def elementwise_fwd(a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal, window, entropy=False,
-                    seed=None, tau=1.0):
+                    seed=None, tau=1.0, q_offset=0):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
-    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
-    s = add_noise(add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi), pooling, seed, tau)
+    b, v = _ungroup(B, b, v)
+    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window, q_offset)
+    s = add_noise(add_positions(elementwise_scores(a, b, w, term, profile)[2], bias, alibi, q_offset), pooling, seed,
+                  tau)
     out, lse, argmax, soft_out, p = _pool(s, v, valid, pooling, a.dtype)
     return out, lse, argmax, soft_out, _entropy(s, lse, p, valid, pooling, entropy)
 
@@ -206,27 +221,33 @@ def _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out,
 
 
 def bilinear_bwd(grad_out, grad_lse, q, k, v, key_bias, scale, valid_lens, mask, bias, alibi, pooling, causal, window,
-                 bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None, seed=None, tau=1.0):
+                 bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None, seed=None, tau=1.0,
+                 q_offset=0):
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
-    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window)
-    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi), pooling, seed, tau)
+    k0, v0, kb0 = k, v, key_bias
+    k, v, key_bias = _ungroup(B, k, v, key_bias)
+    valid = valid_matrix(B, Nq, Nk, q.device, valid_lens, mask, causal, window, q_offset)
+    s = add_noise(add_positions(bilinear_scores(q, k, key_bias, scale), bias, alibi, q_offset), pooling, seed, tau)
     ds, dv = _score_grad(grad_out, grad_lse, s, v, valid, pooling, out, argmax, soft_out, grad_entropy, saved_entropy)
     if seed is not None:
         ds = ds / tau
     acc = s.dtype
     dq = scale * (ds @ k.to(acc))
     dk = scale * (ds.transpose(-1, -2) @ q.to(acc))
-    dkb = ds.sum(-2).to(key_bias.dtype) if key_bias is not None else q.new_empty(0)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkb, _dbias(ds, bias, bias_grad, q)
+    dkb = _regroup(ds.sum(-2), kb0).to(key_bias.dtype) if key_bias is not None else q.new_empty(0)
+    return (dq.to(q.dtype), _regroup(dk, k0).to(k.dtype), _regroup(dv, v0).to(v.dtype), dkb,
+            _dbias(ds, bias, bias_grad, q))
 
 
 def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, causal,
                     window, bias_grad, out, lse, argmax, soft_out, grad_entropy=None, saved_entropy=None, seed=None,
-                    tau=1.0):
+                    tau=1.0, q_offset=0):
     B, Nq, Nk = a.shape[0], a.shape[1], b.shape[1]
-    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window)
+    b0, v0 = b, v
+    b, v = _ungroup(B, b, v)
+    valid = valid_matrix(B, Nq, Nk, a.device, valid_lens, mask, causal, window, q_offset)
     phi, r, s = elementwise_scores(a, b, w, term, profile)
-    s_pos = add_noise(add_positions(s, bias, alibi), pooling, seed, tau)
+    s_pos = add_noise(add_positions(s, bias, alibi, q_offset), pooling, seed, tau)
     ds, dv = _score_grad(grad_out, grad_lse, s_pos, v, valid, pooling, out, argmax, soft_out, grad_entropy,
                          saved_entropy)
     if seed is not None:
@@ -248,4 +269,4 @@ def elementwise_bwd(grad_out, grad_lse, a, b, w, v, term, profile, valid_lens, m
     da = dpre.sum(-2)
     db = sign * dpre.sum(-3)
     dw = (ds.unsqueeze(-1) * phi).sum((0, 1, 2))
-    return da.to(a.dtype), db.to(b.dtype), dw.to(w.dtype), dv.to(v.dtype), dbias
+    return da.to(a.dtype), _regroup(db, b0).to(b.dtype), dw.to(w.dtype), _regroup(dv, v0).to(v.dtype), dbias

@@ -31,6 +31,12 @@ Conventions shared by every op (``B`` = flattened batch, ``Nq``/``Nk`` = queries
   becomes ``s'_ij = (s_ij + g_ij) / tau`` (after the positional terms) with the Gumbel noise
   ``g_ij = gumbel(seed, b Nq + i, j)`` of :mod:`attnzoo.sampling`: ``argmax`` is a draw from
   ``softmax(s)``, ``soft_out`` and the backward are the straight-through Gumbel-softmax at temperature ``tau``.
+* ``q_offset``: query ``i`` sits at key position ``i + q_offset`` for ``causal`` (``j <= i + q_offset``),
+  ``window`` (``|i + q_offset - j| <= window``) and ``alibi`` (``m_b |i + q_offset - j|``); ``Nk - Nq`` is the
+  bottom-right alignment of a KV cache. Nonzero: CPU kernels only.
+* Grouped keys: the per-key inputs (``k``, ``key_bias`` / ``b``, ``v``) may have a batch ``Bk`` dividing ``B``;
+  query batch ``b`` then reads key batch ``b // (B / Bk)`` (grouped-query attention with the heads flattened
+  into ``B``, SDPA's ``enable_gqa``), and the key gradients sum over the group. CPU kernels only.
 """
 
 POOLINGS = {"soft": 0, "hard": 1, "average": 2}
@@ -43,24 +49,25 @@ _SAVED = "Tensor out, Tensor lse, Tensor argmax, Tensor soft_out"
 _FWD_OUT = "(Tensor out, Tensor lse, Tensor argmax, Tensor soft_out, Tensor entropy)"
 _ENTROPY_GRAD = "Tensor? grad_entropy=None, Tensor? saved_entropy=None"
 _NOISE = "int? seed=None, float tau=1."  # (torch prints the default 1.0 as 1.)
+_LAYOUT = "int q_offset=0"
 
 SCHEMAS = {
     "bilinear_fwd": (
         f"bilinear_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_bias, float scale, {_MASKS}, bool entropy=False, "
-        f"{_NOISE}) -> {_FWD_OUT}"
+        f"{_NOISE}, {_LAYOUT}) -> {_FWD_OUT}"
     ),
     "bilinear_bwd": (
         f"bilinear_bwd(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor? key_bias, "
-        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}) -> (Tensor dq, Tensor dk, "
-        "Tensor dv, Tensor dkey_bias, Tensor dbias)"
+        f"float scale, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}, {_LAYOUT}) -> "
+        "(Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias, Tensor dbias)"
     ),
     "elementwise_fwd": (
         f"elementwise_fwd(Tensor a, Tensor b, Tensor w, Tensor v, int term, int profile, {_MASKS}, "
-        f"bool entropy=False, {_NOISE}) -> {_FWD_OUT}"
+        f"bool entropy=False, {_NOISE}, {_LAYOUT}) -> {_FWD_OUT}"
     ),
     "elementwise_bwd": (
         f"elementwise_bwd(Tensor grad_out, Tensor? grad_lse, Tensor a, Tensor b, Tensor w, Tensor v, int term, "
-        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}) -> (Tensor da, Tensor db, "
-        "Tensor dw, Tensor dv, Tensor dbias)"
+        f"int profile, {_MASKS}, bool bias_grad, {_SAVED}, {_ENTROPY_GRAD}, {_NOISE}, {_LAYOUT}) -> "
+        "(Tensor da, Tensor db, Tensor dw, Tensor dv, Tensor dbias)"
     ),
 }

@@ -15,20 +15,24 @@
 #define ATTNZOO_ENTROPY_GRAD_PARAMS const OptTensor &grad_entropy, const OptTensor &saved_entropy
 // Sampled hard attention's noise (both passes): a seed (none: no noise) and the temperature.
 #define ATTNZOO_NOISE_PARAMS const c10::optional<int64_t>& seed, double tau
+// Where the queries sit (both passes): query i at key position i + q_offset (causal, window, ALiBi).
+#define ATTNZOO_LAYOUT_PARAMS int64_t q_offset
 
-#define ATTNZOO_OP_DECLARATIONS                                                                                     \
-  Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,  \
-                       double scale, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS);                     \
-  Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                 \
-                       const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,          \
-                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS,     \
-                       ATTNZOO_NOISE_PARAMS);                                                                      \
-  Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,      \
-                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS);\
-  Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,              \
-                          const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,            \
-                          int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,             \
-                          ATTNZOO_ENTROPY_GRAD_PARAMS, ATTNZOO_NOISE_PARAMS);
+#define ATTNZOO_OP_DECLARATIONS                                                                                 \
+  Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, \
+                       double scale, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS,                     \
+                       ATTNZOO_LAYOUT_PARAMS);                                                                    \
+  Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,                \
+                       const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias, double scale,         \
+                       ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS,    \
+                       ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS);                                              \
+  Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,     \
+                          int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy, ATTNZOO_NOISE_PARAMS, \
+                          ATTNZOO_LAYOUT_PARAMS);                                                                 \
+  Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,             \
+                          const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term,           \
+                          int64_t profile, ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,            \
+                          ATTNZOO_ENTROPY_GRAD_PARAMS, ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS);
 
 // Inside TORCH_LIBRARY_IMPL(attnzoo, <Device>, m): registers ns::<op> for every op.
 #define ATTNZOO_OP_REGISTRATIONS(m, ns)      \

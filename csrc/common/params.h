@@ -89,6 +89,12 @@ struct KeyRange {
 
 struct MaskParams {
   int64_t B, Nq, Nk;
+  // Grouped keys: queries of batch b read the keys and values of batch b / kv_group (B = kv_group * Bk;
+  // 1: one key batch per query batch). Multi-query / grouped-query attention without repeated keys.
+  int64_t kv_group;
+  // Query i sits at key position i + q_offset for causal, window and ALiBi (0: top-left; Nk - Nq: bottom-right,
+  // the KV-cache convention).
+  int64_t q_offset;
   const int64_t* valid_lens;  // (B, Nq) or nullptr
   int64_t vl_sb, vl_si;       // strides of valid_lens (elements)
   const bool* mask;           // (B, Nq, Nk) or nullptr; any strides (0 for broadcast dims)
@@ -128,7 +134,8 @@ template <class A>
 ATTNZOO_HD A with_positions(const MaskParams& p, A s, const A* brow, A slope, int64_t i, int64_t j) {
   if (brow) s = s + brow[j * p.bs_j];
   if (p.alibi) {
-    const A dist = static_cast<A>(i > j ? i - j : j - i);
+    const int64_t pi = i + p.q_offset;
+    const A dist = static_cast<A>(pi > j ? pi - j : j - pi);
     s = s - slope * dist;
   }
   return s;
@@ -147,7 +154,7 @@ ATTNZOO_HD A* dbias_row(const BiasGrad& g, int64_t b, int64_t i) {
   return static_cast<A*>(g.d) + (b / g.b2) * g.s_b1 + (b % g.b2) * g.s_b2 + i * g.s_i;
 }
 
-// Valid key range of query i given its valid length (pass Nk when there are no valid_lens).
+// Valid key range of the query at key position i given its valid length (pass Nk when there are no valid_lens).
 ATTNZOO_HD KeyRange key_range(int64_t i, int64_t Nk, int64_t valid_len, bool causal, int64_t window) {
   int64_t lo = 0, hi = Nk;
   if (valid_len < hi) hi = valid_len;
@@ -162,7 +169,7 @@ ATTNZOO_HD KeyRange key_range(int64_t i, int64_t Nk, int64_t valid_len, bool cau
 
 ATTNZOO_HD KeyRange row_range(const MaskParams& p, int64_t b, int64_t i) {
   const int64_t vl = p.valid_lens ? p.valid_lens[b * p.vl_sb + i * p.vl_si] : p.Nk;
-  return key_range(i, p.Nk, vl, p.causal, p.window);
+  return key_range(i + p.q_offset, p.Nk, vl, p.causal, p.window);
 }
 
 // Pointer to mask[b, i, 0] (nullptr when there is no mask); step by m_sj along j.

@@ -120,8 +120,12 @@ inline void check_xyv(const char* op, const char* xn, const at::Tensor& x, const
   check_rank(op, yn, y, 3, y_shape);
   check_rank(op, "v", v, 3, "(B, Nk, Dv)");
   check_float_dtype(op, xn, x, dtypes);
-  check_shape(op, yn, y, {x.size(0), y.size(1), x.size(2)}, y_shape);
-  check_shape(op, "v", v, {x.size(0), y.size(1), v.size(2)}, "(B, Nk, Dv)");
+  const int64_t B = x.size(0), Bk = y.size(0);
+  TORCH_CHECK(Bk == 0 ? B == 0 : (B >= Bk && B % Bk == 0), op, ": ", yn, "'s batch Bk must equal or divide ", xn,
+              "'s B = ", B, " (grouped keys: query batch b reads key batch b / (B / Bk)), got ", yn, " of shape ",
+              shape_str(y.sizes()));
+  check_shape(op, yn, y, {Bk, y.size(1), x.size(2)}, y_shape);
+  check_shape(op, "v", v, {Bk, y.size(1), v.size(2)}, "(Bk, Nk, Dv)");
   check_like(op, yn, y, xn, x);
   check_like(op, "v", v, xn, x);
 }
@@ -130,10 +134,10 @@ inline void check_bilinear_fwd(const char* op, const at::Tensor& q, const at::Te
                                const OptTensor& key_bias, const OptTensor& valid_lens,
                                const OptTensor& mask, const OptTensor& bias, const OptTensor& alibi,
                                int64_t pooling, int64_t window, const Dtypes& dtypes) {
-  check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(B, Nk, D)", dtypes);
+  check_xyv(op, "q", q, "k", k, v, "(B, Nq, D)", "(Bk, Nk, D)", dtypes);
   const int64_t B = q.size(0), Nq = q.size(1), Nk = k.size(1);
   if (key_bias.has_value()) {
-    check_shape(op, "key_bias", *key_bias, {B, Nk}, "(B, Nk)");
+    check_shape(op, "key_bias", *key_bias, {k.size(0), Nk}, "(Bk, Nk)");
     check_like(op, "key_bias", *key_bias, "q", q);
   }
   check_mask_args(op, q, "q", B, Nq, Nk, valid_lens, mask, bias, alibi, pooling, window);
@@ -149,7 +153,7 @@ inline void check_elementwise_fwd(const char* op, const at::Tensor& a, const at:
               term);
   TORCH_CHECK(profile >= 0 && profile < kNumProfiles, op, ": profile must be ",
               code_choices(kNumProfiles, profile_name), ", got ", profile);
-  check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(B, Nk, H)", dtypes);
+  check_xyv(op, "a", a, "b", b, v, "(B, Nq, H)", "(Bk, Nk, H)", dtypes);
   const int64_t B = a.size(0), Nq = a.size(1), Nk = b.size(1);
   check_rank(op, "w", w, 1, "(H,)");
   check_shape(op, "w", w, {a.size(2)}, "(H,)");
@@ -230,6 +234,21 @@ inline void set_noise(const char* op, MaskParams& mp, const c10::optional<int64_
   mp.inv_tau = 1.0 / tau;
 }
 
+// Grouped keys (Bk: the keys' batch, dividing B) and the queries' position offset (query i at key position
+// i + q_offset); `device_has`: this device's kernels take both (else only Bk = B and q_offset = 0).
+inline void set_layout(const char* op, MaskParams& mp, int64_t Bk, int64_t q_offset, bool device_has) {
+  TORCH_CHECK(device_has || Bk == mp.B, op, ": grouped keys (key batch ", Bk, " for query batch ", mp.B,
+              ") are read by the CPU kernels only; repeat the keys on this device");
+  TORCH_CHECK(device_has || q_offset == 0, op, ": q_offset (", q_offset, ") is taken by the CPU kernels only");
+  const int64_t bound = int64_t{1} << 40;
+  TORCH_CHECK(q_offset > -bound && q_offset < bound, op, ": q_offset must lie in (-2^40, 2^40), got ", q_offset);
+  mp.kv_group = Bk > 0 ? mp.B / Bk : 1;
+  mp.q_offset = q_offset;
+  // |i + q_offset - j| <= Nq + Nk + |q_offset| always holds: the clamp keeps the meaning, and i + window + 1 finite
+  const int64_t far = mp.Nq + mp.Nk + (q_offset < 0 ? -q_offset : q_offset);
+  if (mp.window > far) mp.window = far;
+}
+
 // The positional inputs in the kernels' accumulation dtype: bias as a 4-D (B1, B2, Nq, Nk) view
 // (only its distinct elements are converted: a broadcast view stays a view), alibi contiguous.
 struct Positions {
@@ -282,6 +301,8 @@ inline MaskParams make_mask_params(int64_t B, int64_t Nq, int64_t Nk, const OptT
   // |i - j| <= Nq + Nk always holds: clamping keeps the meaning and keeps i + window + 1 from overflowing
   p.window = window > Nq + Nk ? Nq + Nk : window;
   p.pooling = pooling;
+  p.kv_group = 1;  // set_layout sets grouped keys and the query offset
+  p.q_offset = 0;
   if (pos.bias.defined()) {
     const at::Tensor& t = pos.bias;
     const auto st = [&](int64_t d) { return t.size(d) == 1 ? int64_t{0} : t.stride(d); };

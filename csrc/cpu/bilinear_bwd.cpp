@@ -14,7 +14,7 @@ namespace attnzoo::cpu {
 Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
                      bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCpuDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
@@ -27,6 +27,7 @@ Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const Positions pos = positions_acc(bias, alibi, qa.scalar_type());
   auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   set_noise(op, mp, seed, tau, true);
+  set_layout(op, mp, k.size(0), q_offset, true);
   const BiasGradOut dbias = make_bias_grad(pos, bias_grad, B, Nq, Nk);
   auto dq = at::zeros_like(qa), dk = at::zeros_like(ka), dv = at::zeros_like(va);
   auto dkb = kba ? at::zeros_like(*kba) : at::Tensor();

@@ -13,7 +13,7 @@ namespace attnzoo::cpu {
 
 Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
                      double scale, ATTNZOO_MASK_PARAMS, bool entropy,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   check_bilinear_fwd("attnzoo.bilinear_fwd", q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window,
                      kCpuDtypes);
   check_entropy("attnzoo.bilinear_fwd", pooling, entropy, true);
@@ -23,6 +23,7 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const Positions pos = positions_acc(bias, alibi, qa.scalar_type());
   auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   set_noise("attnzoo.bilinear_fwd", mp, seed, tau, true);
+  set_layout("attnzoo.bilinear_fwd", mp, k.size(0), q_offset, true);
   const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   const auto ent = empty_entropy(qa, entropy);
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {

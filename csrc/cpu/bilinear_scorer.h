@@ -35,8 +35,8 @@ inline Blocks bilinear_blocks(int64_t B, int64_t Nq, bool causal, int64_t window
   return b;
 }
 
-// q (B, Nq, D), k (B, Nk, D), key_bias (B, Nk) or nullptr; contiguous T.
-// dscore: dq (B, Nq, D) written per query block; acc[1] = dk (B, Nk, D), acc[2] = dkey_bias (B, Nk).
+// q (B, Nq, D), k (Bk, Nk, D), key_bias (Bk, Nk) or nullptr; contiguous T (query batch b reads key batch blk.kb).
+// dscore: dq (B, Nq, D) written per query block; acc[1] = dk (Bk, Nk, D), acc[2] = dkey_bias (Bk, Nk).
 template <typename T>
 struct BilinearScorer {
   const T *q, *k, *kb;
@@ -49,21 +49,21 @@ struct BilinearScorer {
   int64_t ldk = 0;
 
   void score(const ScoreBlock& blk, T* S, int64_t ldS) const {
-    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
+    const int64_t b = blk.b, c = blk.kb, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     if (kT)
-      uniform_scores_dispatch<T>(q + (b * Nq + i0) * D, nq, D, kT + b * D * ldk + j0, ldk, nk, scale, S, ldS);
+      uniform_scores_dispatch<T>(q + (b * Nq + i0) * D, nq, D, kT + c * D * ldk + j0, ldk, nk, scale, S, ldS);
     else
-      gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (b * Nk + j0) * D, D, T(0), S, ldS);
+      gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (c * Nk + j0) * D, D, T(0), S, ldS);
     if (kb)
-      for (int64_t r = 0; r < nq; ++r) vadd(S + r * ldS, kb + b * Nk + j0, nk);
+      for (int64_t r = 0; r < nq; ++r) vadd(S + r * ldS, kb + c * Nk + j0, nk);
   }
 
   void dscore(const ScoreBlock& blk, const T* dS, int64_t ldS, T* const* acc) const {
-    const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
-    gemm<T>(false, false, nq, D, nk, scale, dS, ldS, k + (b * Nk + j0) * D, D, T(1), dq + (b * Nq + i0) * D, D);
-    gemm<T>(true, false, nk, D, nq, scale, dS, ldS, q + (b * Nq + i0) * D, D, T(1), acc[1] + (b * Nk + j0) * D, D);
+    const int64_t b = blk.b, c = blk.kb, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
+    gemm<T>(false, false, nq, D, nk, scale, dS, ldS, k + (c * Nk + j0) * D, D, T(1), dq + (b * Nq + i0) * D, D);
+    gemm<T>(true, false, nk, D, nq, scale, dS, ldS, q + (b * Nq + i0) * D, D, T(1), acc[1] + (c * Nk + j0) * D, D);
     if (acc[2])
-      for (int64_t r = 0; r < nq; ++r) vadd(acc[2] + b * Nk + j0, dS + r * ldS, nk);
+      for (int64_t r = 0; r < nq; ++r) vadd(acc[2] + c * Nk + j0, dS + r * ldS, nk);
   }
 };
 

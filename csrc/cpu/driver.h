@@ -42,10 +42,10 @@ struct Blocks {
   int64_t bq = kBQ, bk = kBK;  // bk: multiple of 4 vectors
 };
 
-// A (query block x key block) of batch b: queries i0 + r (r < nq), keys j0 + j (j < nk); row r's
-// valid keys (masks aside) are the columns [ra[r], re[r]).
+// A (query block x key block) of batch b: queries i0 + r (r < nq), keys j0 + j (j < nk) of key batch kb
+// (b / kv_group: grouped keys); row r's valid keys (masks aside) are the columns [ra[r], re[r]).
 struct ScoreBlock {
-  int64_t b, i0, nq, j0, nk;
+  int64_t b, kb, i0, nq, j0, nk;
   const int64_t *ra, *re;
 };
 
@@ -57,7 +57,7 @@ void add_positions(const MaskParams& mp, T* s, int64_t a, int64_t e, int64_t b, 
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
   const T* br = bias_row<T>(mp, b, i);
-  const V mv(alibi_slope<T>(mp, b)), iv(static_cast<T>(i)), step(static_cast<T>(W));
+  const V mv(alibi_slope<T>(mp, b)), iv(static_cast<T>(i + mp.q_offset)), step(static_cast<T>(W));
   V jv = V::arange(static_cast<T>(j0 + a), T(1));  // the keys' positions
   T tmp[W];
   for (int64_t j = a; j < e; j += W, jv = jv + step) {
@@ -122,12 +122,13 @@ struct RowBlock {
   // Rows' valid keys clipped to the key block [j0, j0 + nk) as [ra, re) relative to j0, and (when
   // the pooling reads scores) the block's raw scores from the scorer (the family policy).
   template <typename Scorer>
-  ScoreBlock score(Scorer& scorer, bool scores, int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk) {
+  ScoreBlock score(Scorer& scorer, bool scores, const MaskParams& mp, int64_t b, int64_t i0, int64_t nq, int64_t j0,
+                   int64_t nk) {
     for (int64_t r = 0; r < nq; ++r) {
       ra[r] = std::clamp<int64_t>(lo[r] - j0, 0, nk);
       re[r] = std::clamp<int64_t>(hi[r] - j0, ra[r], nk);
     }
-    const ScoreBlock blk{b, i0, nq, j0, nk, ra.data(), re.data()};
+    const ScoreBlock blk{b, b / mp.kv_group, i0, nq, j0, nk, ra.data(), re.data()};
     if (scores) scorer.score(blk, S.data(), bk);
     return blk;
   }
@@ -171,18 +172,19 @@ void forward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, co
       if constexpr (pt.scan_passes > 0) {  // score-only sweeps (e.g. a threshold by bisection)
         for (int pass = 0; pass < pt.scan_passes; ++pass)
           for (int64_t j0 = klo; j0 < khi; j0 += bk) {
-            const ScoreBlock sb = rb.score(scorer, pt.scores, b, i0, nq, j0, std::min(bk, khi - j0));
+            const ScoreBlock sb = rb.score(scorer, pt.scores, mp, b, i0, nq, j0, std::min(bk, khi - j0));
             for (int64_t r = 0; r < nq; ++r) pool.scan(pass, r, rb.masked(mp, pt.scores, r, sb), rb.ra[r], rb.re[r], j0);
           }
       }
       for (int64_t j0 = klo; j0 < khi; j0 += bk) {
         const int64_t nk = std::min(bk, khi - j0);
-        const ScoreBlock sb = rb.score(scorer, pt.scores, b, i0, nq, j0, nk);
+        const ScoreBlock sb = rb.score(scorer, pt.scores, mp, b, i0, nq, j0, nk);
         for (int64_t r = 0; r < nq; ++r)
           pool.weigh(r, rb.masked(mp, pt.scores, r, sb), rb.ra[r], rb.re[r], nk, j0, O + r * Dv);
-        gemm<T>(false, false, nq, Dv, nk, T(1), rb.S.data(), bk, v + (b * Nk + j0) * Dv, Dv, T(1), O, Dv);
+        gemm<T>(false, false, nq, Dv, nk, T(1), rb.S.data(), bk, v + (sb.kb * Nk + j0) * Dv, Dv, T(1), O, Dv);
       }
-      const auto value = [&](int64_t j) { return v + (b * Nk + j) * Dv; };
+      const int64_t kb = b / mp.kv_group;
+      const auto value = [&](int64_t j) { return v + (kb * Nk + j) * Dv; };
       for (int64_t r = 0; r < nq; ++r) pool.finish(r, b, i0 + r, O + r * Dv, value);
     }
   });
@@ -206,10 +208,12 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk;
   const int64_t nqb = (Nq + bq - 1) / bq;
 
-  // Batch-parallel when there are enough batches: per-batch sums are then written in place;
-  // otherwise each thread accumulates into its own zeroed copy, summed at the end.
+  // Batch-parallel when there are enough key batches (a task: one key batch and its kv_group query
+  // batches): per-batch sums are then written in place; otherwise each thread accumulates into its own
+  // zeroed copy, summed at the end.
   const int nt = max_threads();
-  const bool direct = B >= nt;
+  const int64_t G = mp.kv_group, Bk = B / G;
+  const bool direct = Bk >= nt;
   std::vector<std::vector<at::Tensor>> copies(nt, std::vector<at::Tensor>(accs.size()));
   std::vector<std::vector<T*>> ptrs(nt, std::vector<T*>(accs.size(), nullptr));
   for (int th = 0; th < nt; ++th)
@@ -229,7 +233,7 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
 
   auto process = [&](auto& scorer, Pool& pool, RowBlock<T>& rb, std::vector<T>& dP, int64_t b, int64_t i0,
                      T* const* acc, const BiasGrad& dbg) {
-    const int64_t nq = std::min(bq, Nq - i0);
+    const int64_t nq = std::min(bq, Nq - i0), kb = b / G;
     const T* dO = dout + (b * Nq + i0) * Dv;
     int64_t klo, khi;
     block_rows(mp, b, i0, nq, rb.lo.data(), rb.hi.data(), klo, khi);
@@ -237,12 +241,12 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
       if (!pool.start_row(r, b * Nq + i0 + r, dO + r * Dv)) rb.hi[r] = rb.lo[r];
     for (int64_t j0 = klo; j0 < khi; j0 += bk) {
       const int64_t nk = std::min(bk, khi - j0);
-      const ScoreBlock sb = rb.score(scorer, pt.scores, b, i0, nq, j0, nk);
+      const ScoreBlock sb = rb.score(scorer, pt.scores, mp, b, i0, nq, j0, nk);
       for (int64_t r = 0; r < nq; ++r) pool.weights(r, rb.masked(mp, pt.scores, r, sb), rb.ra[r], rb.re[r], bk);
       if constexpr (Pool::kDvFromWeights)
-        gemm<T>(true, false, nk, Dv, nq, T(1), rb.S.data(), bk, dO, Dv, T(1), acc[0] + (b * Nk + j0) * Dv, Dv);
+        gemm<T>(true, false, nk, Dv, nq, T(1), rb.S.data(), bk, dO, Dv, T(1), acc[0] + (kb * Nk + j0) * Dv, Dv);
       if constexpr (pt.score_grad) {
-        gemm<T>(false, true, nq, nk, Dv, T(1), dO, Dv, v + (b * Nk + j0) * Dv, Dv, T(0), dP.data(), bk);
+        gemm<T>(false, true, nq, nk, Dv, T(1), dO, Dv, v + (kb * Nk + j0) * Dv, Dv, T(0), dP.data(), bk);
         for (int64_t r = 0; r < nq; ++r) pool.dweights(r, rb.S.data() + r * bk, dP.data() + r * bk, nk, bk);
         if (mp.noise)  // dS of s' = (s + g) / tau
           for (int64_t r = 0; r < nq; ++r) vscale(dP.data() + r * bk, nk, static_cast<T>(mp.inv_tau));
@@ -250,11 +254,11 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
         scorer.dscore(sb, dP.data(), bk, acc);
       }
     }
-    pool.finish_dv(b, i0, nq, dO, acc[0]);
+    pool.finish_dv(b, kb, i0, nq, dO, acc[0]);
   };
 
-  const int64_t ntasks = direct ? B : B * nqb;
-  parallel_tasks(ntasks, direct ? Nq * Nk : bq * Nk, [&](int64_t t0, int64_t t1) {
+  const int64_t ntasks = direct ? Bk : B * nqb;
+  parallel_tasks(ntasks, direct ? G * Nq * Nk : bq * Nk, [&](int64_t t0, int64_t t1) {
     auto scorer = make_scorer();
     Pool pool(bi, bq);
     RowBlock<T> rb(bq, bk);
@@ -263,7 +267,8 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
     T* const* acc = ptrs[th].data();
     for (int64_t t = t0; t < t1; ++t) {
       if (direct) {
-        for (int64_t qb = 0; qb < nqb; ++qb) process(scorer, pool, rb, dP, t, qb * bq, acc, dbias_at[th]);
+        for (int64_t b = t * G; b < (t + 1) * G; ++b)
+          for (int64_t qb = 0; qb < nqb; ++qb) process(scorer, pool, rb, dP, b, qb * bq, acc, dbias_at[th]);
       } else {
         process(scorer, pool, rb, dP, t / nqb, balanced(t % nqb, nqb) * bq, acc, dbias_at[th]);
       }

@@ -16,7 +16,7 @@ namespace attnzoo::cpu {
 Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& a,
                         const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
                         ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS, ATTNZOO_ENTROPY_GRAD_PARAMS,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.elementwise_bwd";
   check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCpuDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
@@ -28,6 +28,7 @@ Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, c
   const Positions pos = positions_acc(bias, alibi, aa.scalar_type());
   auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   set_noise(op, mp, seed, tau, true);
+  set_layout(op, mp, b.size(0), q_offset, true);
   const BiasGradOut dbias = make_bias_grad(pos, bias_grad, B, Nq, Nk);
   auto da = at::zeros_like(aa), db = at::zeros_like(ba), dw = at::zeros_like(wa), dv = at::zeros_like(va);
   std::vector<AccSpec> accs{{dv, true}, {db, true}, {dw, false}};

@@ -15,7 +15,7 @@ namespace attnzoo::cpu {
 
 Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
                         int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   check_elementwise_fwd("attnzoo.elementwise_fwd", a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling,
                         window, kCpuDtypes);
   check_entropy("attnzoo.elementwise_fwd", pooling, entropy, true);
@@ -24,6 +24,7 @@ Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tens
   const Positions pos = positions_acc(bias, alibi, aa.scalar_type());
   auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
   set_noise("attnzoo.elementwise_fwd", mp, seed, tau, true);
+  set_layout("attnzoo.elementwise_fwd", mp, b.size(0), q_offset, true);
   const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   const auto ent = empty_entropy(aa, entropy);
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_fwd", [&] {

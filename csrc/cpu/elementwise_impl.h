@@ -59,11 +59,11 @@ void elementwise_fwd_impl(const ElementwiseFwdArgs<T>& p) {
   bool use_exp = false;
   if constexpr (std::is_same_v<T, float>) {
     if (x.term == kTanh && additive_exp_form_enabled()) {
-      const int64_t B = x.mp.B;
+      const int64_t B = x.mp.B, Bk = B / x.mp.kv_group;
       ea = at::empty({B * x.Nq * x.H}, at::kFloat);
-      eb = at::empty({B * x.Nk * x.H}, at::kFloat);
+      eb = at::empty({Bk * x.Nk * x.H}, at::kFloat);
       use_exp = exp2x_bounded(x.a, ea.data_ptr<float>(), B * x.Nq * x.H) &&
-                exp2x_bounded(x.b, eb.data_ptr<float>(), B * x.Nk * x.H);
+                exp2x_bounded(x.b, eb.data_ptr<float>(), Bk * x.Nk * x.H);
     }
   }
   dispatch_term(x.term, [&](auto term) {

@@ -112,7 +112,7 @@ struct ElementwiseScorer {
   void score(const ScoreBlock& blk, T* S, int64_t ldS) {
     const int64_t b = blk.b, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     const int64_t *ra = blk.ra, *re = blk.re;
-    const T* bblk = (ea ? eb : bb) + (b * Nk + j0) * H;
+    const T* bblk = (ea ? eb : bb) + (blk.kb * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) bT[h * kBK + j] = bblk[j * H + h];
     if (ea) {  // exp form: w_h tanh(a + b) = -2 w_h (1 / (1 + e^2a e^2b) - 1/2)
@@ -212,7 +212,7 @@ struct ElementwiseScorer {
         dws[h] += at::vec::vec_reduce_all<T>(sum, tacc);
       }
     }
-    T* db = acc[1] + (b * Nk + j0) * H;
+    T* db = acc[1] + (blk.kb * Nk + j0) * H;
     for (int64_t j = 0; j < nk; ++j)
       for (int64_t h = 0; h < H; ++h) db[j * H + h] += dbT[h * kBK + j];
     for (int64_t h = 0; h < H; ++h) acc[2][h] += static_cast<T>(dws[h]);

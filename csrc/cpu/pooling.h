@@ -17,7 +17,8 @@
 //   bool start_row(r, i, dO)            row r = flat query i (b * Nq + i); false: no gradient
 //   void weights(r, s, a, e, ld)        masked scores -> the forward's weights (0 outside [a, e))
 //   void dweights(r, p, d, nk, ld)      d = dP = dO . v_j on entry, dS on exit (score_grad only)
-//   void finish_dv(b, i0, nq, dO, dv)   dv terms that do not come from the weights (hard: one-hot)
+//   void finish_dv(b, kb, i0, nq, dO, dv)   dv terms that do not come from the weights (hard: one-hot;
+//                                       kb: the key batch of query batch b)
 // Forward, small-D lane driver (small_d.h), the state of one row in registers:
 //   Lanes: init(); V weigh(s, jv, rescale) (W keys' scores and indices -> their weights, calling
 //   rescale(alpha) when the shift moves); finish(out, i, acc, value) (acc: the row's P.V sums).
@@ -226,7 +227,7 @@ struct SoftmaxBwd {
     vfill(d + nk, ld - nk, T(0));
   }
 
-  void finish_dv(int64_t, int64_t, int64_t, const T*, T*) const {}
+  void finish_dv(int64_t, int64_t, int64_t, int64_t, const T*, T*) const {}
 };
 
 // The straight-through backward: the softmax's dS; dv through the forward's arg-max.
@@ -236,12 +237,12 @@ struct HardBwd : SoftmaxBwd<T> {
   static constexpr bool kDvFromWeights = false;
   using SoftmaxBwd<T>::SoftmaxBwd;
 
-  // dv_j += dO_i for j = argmax_i, rows i0 .. i0 + nq of batch b; dO: their rows.
-  void finish_dv(int64_t b, int64_t i0, int64_t nq, const T* dO, T* dv) const {
+  // dv_j += dO_i for j = argmax_i, rows i0 .. i0 + nq of batch b (keys of batch kb); dO: their rows.
+  void finish_dv(int64_t b, int64_t kb, int64_t i0, int64_t nq, const T* dO, T* dv) const {
     const BwdIn<T>& in = this->in;
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t j = in.argmax[b * in.Nq + i0 + r];
-      if (j >= 0) vadd(dv + (b * in.Nk + j) * in.Dv, dO + r * in.Dv, in.Dv);
+      if (j >= 0) vadd(dv + (kb * in.Nk + j) * in.Dv, dO + r * in.Dv, in.Dv);
     }
   }
 };
@@ -268,7 +269,7 @@ struct AverageBwd {
   }
 
   void dweights(int64_t, const T*, T*, int64_t, int64_t) const {}
-  void finish_dv(int64_t, int64_t, int64_t, const T*, T*) const {}
+  void finish_dv(int64_t, int64_t, int64_t, int64_t, const T*, T*) const {}
 };
 
 // --- small-D lane driver --------------------------------------------------------------------------

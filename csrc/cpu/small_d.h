@@ -51,9 +51,9 @@ template <typename T>
 struct SmallDArgs {
   MaskParams mp;
   const T* q;   // (B, Nq, Dq)
-  const T* kT;  // (B, DP, Nkp): k transposed, zero-padded to DP >= Dq rows and Nkp >= Nk keys
-  const T* vT;  // (B, DVP, Nkp): v transposed, zero-padded
-  const T* kb;  // (B, Nkp): key_bias (zeros when there is none), zero-padded
+  const T* kT;  // (Bk, DP, Nkp): k transposed, zero-padded to DP >= Dq rows and Nkp >= Nk keys
+  const T* vT;  // (Bk, DVP, Nkp): v transposed, zero-padded
+  const T* kb;  // (Bk, Nkp): key_bias (zeros when there is none), zero-padded
   int64_t Dq, Dv, Nkp;
   T scale;
   FwdOut<T> out;
@@ -97,9 +97,10 @@ void small_d_rows(const SmallDArgs<T>& a, int64_t b, int64_t i0, int64_t nr) {
   T iota_buf[W];
   for (int64_t w = 0; w < W; ++w) iota_buf[w] = T(w);
   const V iota = V::loadu(iota_buf);
-  const T* kT = a.kT + b * DP * Nkp;
-  const T* vT = a.vT + b * DVP * Nkp;
-  const T* kb = a.kb + b * Nkp;
+  const int64_t c = b / mp.kv_group;  // the key batch
+  const T* kT = a.kT + c * DP * Nkp;
+  const T* vT = a.vT + c * DVP * Nkp;
+  const T* kb = a.kb + c * Nkp;
   V wv[DP];  // distance weights (0 on the padding)
   for (int d = 0; d < DP; ++d) wv[d] = V(DIST && d < a.Dq ? a.wd[d] : T(0));
 
@@ -210,12 +211,12 @@ void small_d_forward(const SmallDArgs<T>& a, int64_t DP, int64_t DVP) {
 template <typename T>
 void small_d_run(const MaskParams& mp, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const OptTensor& key_bias, double scale, const at::Tensor& wd, const Tensor4& outs) {
-  const int64_t B = q.size(0), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
+  const int64_t Bk = k.size(0), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
   // Keys, values and key_bias transposed and zero-padded for key-vectorised sweeps.
   const int64_t W = Vectorized<T>::size(), DP = small_d_pad(D), DVP = small_d_pad(Dv);
   const auto kT = transposed_keys(k, DP, 0, W), vT = transposed_keys(v, DVP, 0, W);
   const int64_t Nkp = kT.size(2);
-  auto kbT = at::zeros({B, Nkp}, q.options());
+  auto kbT = at::zeros({Bk, Nkp}, q.options());
   if (key_bias) kbT.narrow(1, 0, Nk).copy_(*key_bias);
   SmallDArgs<T> args{mp, q.const_data_ptr<T>(), kT.const_data_ptr<T>(), vT.const_data_ptr<T>(),
                      kbT.const_data_ptr<T>(), D, Dv, Nkp, static_cast<T>(scale), fwd_out<T>(outs)};

@@ -12,7 +12,7 @@ Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
                      const at::Tensor& v, const OptTensor& key_bias, double scale, ATTNZOO_MASK_PARAMS,
                      bool bias_grad, ATTNZOO_SAVED_PARAMS,
                      ATTNZOO_ENTROPY_GRAD_PARAMS,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.bilinear_bwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, q, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
@@ -22,6 +22,7 @@ Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
   auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
   set_noise(op, mp, seed, tau, false);
+  set_layout(op, mp, k.size(0), q_offset, false);
   const BiasGradOut dbias = make_bias_grad(pos, bias_grad, q.size(0), q.size(1), k.size(1));
   const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();

@@ -12,7 +12,7 @@ namespace cuda {
 
 Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& key_bias,
                      double scale, ATTNZOO_MASK_PARAMS, bool entropy,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.bilinear_fwd";
   check_bilinear_fwd(op, q, k, v, key_bias, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_entropy(op, pooling, entropy, false);
@@ -23,6 +23,7 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const Positions pos = positions_acc(bias, alibi, acc_type(q.scalar_type()));
   auto mp = make_mask_params(q.size(0), q.size(1), k.size(1), valid_lens, mask, pos, pooling, causal, window);
   set_noise("attnzoo.bilinear_fwd", mp, seed, tau, false);
+  set_layout("attnzoo.bilinear_fwd", mp, k.size(0), q_offset, false);
   Tensor4 outs;
   if (bilinear_fwd_mma(qc, kc, vc, kbc, scale, mp, outs)) return without_entropy(outs, qc);
   outs = empty_fwd_outputs(qc, v.size(2), pooling, q.scalar_type());

@@ -12,7 +12,7 @@ Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, c
                         const at::Tensor& b, const at::Tensor& w, const at::Tensor& v, int64_t term, int64_t profile,
                         ATTNZOO_MASK_PARAMS, bool bias_grad, ATTNZOO_SAVED_PARAMS,
                      ATTNZOO_ENTROPY_GRAD_PARAMS,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.elementwise_bwd";
   check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_bwd_saved(op, a, v, grad_out, grad_lse, out, lse, argmax, soft_out, pooling);
@@ -22,6 +22,7 @@ Tensor5 elementwise_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, c
   const Positions pos = positions_acc(bias, alibi, acc_type(a.scalar_type()));
   auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pos, pooling, causal, window);
   set_noise(op, mp, seed, tau, false);
+  set_layout(op, mp, b.size(0), q_offset, false);
   const BiasGradOut dbias = make_bias_grad(pos, bias_grad, a.size(0), a.size(1), b.size(1));
   const auto o = softmax_output(pooling, out, soft_out).contiguous();
   const auto ac = a.contiguous(), bc = b.contiguous(), wc = w.contiguous(), vc = v.contiguous();

@@ -11,7 +11,7 @@ namespace cuda {
 
 Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, const at::Tensor& v,
                         int64_t term, int64_t profile, ATTNZOO_MASK_PARAMS, bool entropy,
-                     ATTNZOO_NOISE_PARAMS) {
+                     ATTNZOO_NOISE_PARAMS, ATTNZOO_LAYOUT_PARAMS) {
   const char* op = "attnzoo.elementwise_fwd";
   check_elementwise_fwd(op, a, b, w, v, term, profile, valid_lens, mask, bias, alibi, pooling, window, kCudaDtypes);
   check_entropy(op, pooling, entropy, false);
@@ -21,6 +21,7 @@ Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tens
   const Positions pos = positions_acc(bias, alibi, acc_type(a.scalar_type()));
   auto mp = make_mask_params(a.size(0), a.size(1), b.size(1), valid_lens, mask, pos, pooling, causal, window);
   set_noise("attnzoo.elementwise_fwd", mp, seed, tau, false);
+  set_layout("attnzoo.elementwise_fwd", mp, b.size(0), q_offset, false);
   auto outs = empty_fwd_outputs(ac, v.size(2), pooling, a.scalar_type());
   ATTNZOO_DISPATCH_CUDA_DTYPES(a.scalar_type(), "attnzoo.elementwise_fwd", [&] {
     using A = typename AccOf<scalar_t>::type;
