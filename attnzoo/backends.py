@@ -39,8 +39,9 @@ def fused_form(score, pooling: str, query: Tensor, key: Tensor) -> Bilinear | El
     return fused(query, key) if callable(fused) else None
 
 
-def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
-    """``(backend, reason, form)`` for ``score`` x ``pooling`` on these inputs; ``form`` is None for reference."""
+def select(backend: str, score, pooling: str, query: Tensor, key: Tensor, why: bool = True):
+    """``(backend, reason, form)`` for ``score`` x ``pooling`` on these inputs; ``form`` is None for reference.
+    ``why=False``: the reason of a chosen fused backend is not spelled out (a call's hot path)."""
     if backend == "reference" or (backend == "blockwise" and pooling == "average"):
         return "reference", f"reference: requested with backend={backend!r}" + (
             " (average pooling reads no scores)" if backend == "blockwise" else ""), None
@@ -69,6 +70,8 @@ def select(backend: str, score, pooling: str, query: Tensor, key: Tensor):
     if not isinstance(form, (Bilinear, Elementwise)):
         raise TypeError(f"{type(score).__name__}.fused must return Bilinear, Elementwise or None, got {form!r}")
     check_form(type(score).__name__, form, query, key)
+    if not why:
+        return "fused", "", form
     family = type(form).__name__.lower() + (f" ({form.term}, {form.profile})" if isinstance(form, Elementwise) else "")
     dev = query.device.type
     where = "compiled kernels" if compiled else f"the ops' eager implementation (no compiled {dev} kernel)"
@@ -97,18 +100,20 @@ def check_form(name: str, form: Bilinear | Elementwise, query: Tensor, key: Tens
         parts = {"a": (form.a, (*batch, nq, None)), "b": (form.b, (*kbatch, nk, None)), "w": (form.w, (None,))}
     width = None
     for field, (t, want) in parts.items():
-        what = f"score {name}: fused() form {type(form).__name__}.{field}"
+        def what(field=field):
+            return f"score {name}: fused() form {type(form).__name__}.{field}"
+
         if not isinstance(t, Tensor):
-            raise TypeError(f"{what}: expected a tensor, got {type(t).__name__}")
+            raise TypeError(f"{what()}: expected a tensor, got {type(t).__name__}")
         if t.dtype != query.dtype or t.device != query.device:
-            raise TypeError(f"{what}: {t.dtype} on {t.device}, the inputs are {query.dtype} on {query.device}")
+            raise TypeError(f"{what()}: {t.dtype} on {t.device}, the inputs are {query.dtype} on {query.device}")
         shape = tuple(t.shape)
         if len(shape) != len(want) or any(w is not None and g != w for g, w in zip(shape, want, strict=True)):
-            raise ValueError(f"{what}: shape {shape}, needs {tuple('F' if w is None else w for w in want)}")
+            raise ValueError(f"{what()}: shape {shape}, needs {tuple('F' if w is None else w for w in want)}")
         if None in want:
             width = shape[-1] if width is None else width
             if shape[-1] != width:
-                raise ValueError(f"{what}: feature size {shape[-1]}, the form's other tensors have {width}")
+                raise ValueError(f"{what()}: feature size {shape[-1]}, the form's other tensors have {width}")
 
 
 def _compiled_for(query: Tensor) -> bool:

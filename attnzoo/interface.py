@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
 from torch import Tensor, nn
 
 from . import prepared as _prepared
@@ -9,6 +12,22 @@ from .masks import MaskSpec
 from .measures import weights_entropy
 from .prepared import PreparedKeys
 from .validation import check_qkv, mask_spec
+
+
+def _zero_padding(key: Tensor, value: Tensor, used: Tensor, spec: MaskSpec):
+    """Keys and values at keys no query attends (``used`` False) zeroed when they hold inf or NaN: padding may hold
+    garbage, and ``0 * NaN`` would leak into outputs and gradients. Finite ones are left as they are (no copy);
+    the spec then records that the values are finite (the variants skip their own check)."""
+    drop = ~used.unsqueeze(-1)
+    if torch.compiler.is_compiling():  # no host sync inside a graph
+        return key.masked_fill(drop, 0.0), value.masked_fill(drop, 0.0), spec
+    if bool(torch.isfinite(value).all()):
+        spec = replace(spec, finite_values=True)
+    else:
+        value = value.masked_fill(drop, 0.0)
+    if not bool(torch.isfinite(key).all()):
+        key = key.masked_fill(drop, 0.0)
+    return key, value, spec
 
 
 class Attention(nn.Module):
@@ -53,9 +72,8 @@ class Attention(nn.Module):
                              "a bias could shift; call it without bias=")
         spec = mask_spec(query, key, mask, valid_lens, bias, self.bias_heads)
         used = spec.keys_in_use()
-        if used is not None:  # padding may hold garbage (NaN, inf): 0 * NaN would leak into outputs and gradients
-            value = value.masked_fill(~used.unsqueeze(-1), 0.0)
-            key = key.masked_fill(~used.unsqueeze(-1), 0.0)
+        if used is not None:
+            key, value, spec = _zero_padding(key, value, used, spec)
         if prepared is not None:
             with _prepared.active(prepared, used):
                 return self._call(query, key, value, spec, return_weights, return_entropy)

@@ -42,6 +42,7 @@ class MaskSpec:
     bias: Tensor | None = None  # float, broadcastable to batch + (Nq, Nk)
     alibi: Tensor | None = None  # float ALiBi slopes, broadcastable to batch
     q_offset: int = 0  # query i sits at key position i + q_offset
+    finite_values: bool = False  # the call found every value finite (no inf / NaN to keep from other queries)
 
     @property
     def is_empty(self) -> bool:
@@ -50,6 +51,8 @@ class MaskSpec:
     def with_structure(self, causal: bool = False, window: int | None = None, align: str = "top_left") -> MaskSpec:
         """Add a variant's own causality / window to the user's masks, its queries at ``align`` (the offset adds to
         the spec's own, e.g. a KV cache's)."""
+        if not causal and window is None and align == "top_left":
+            return self
         return replace(self, causal=self.causal or causal, window=window if window is not None else self.window,
                        q_offset=self.q_offset + align_offset(align, self.nq, self.nk))
 

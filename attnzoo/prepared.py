@@ -14,6 +14,7 @@ import contextlib
 import weakref
 from contextvars import ContextVar
 
+import torch
 from torch import Tensor, nn
 
 # (prepared keys, bool batch + (Nk,) of keys in use or None) while a call that received them runs
@@ -67,4 +68,6 @@ def key_term(score: nn.Module, name: str, key: Tensor, compute) -> Tensor:
     if act is None or act[0].score is not score or name not in act[0].terms or act[0].key.shape != key.shape:
         return compute(key)
     term, used = act[0].terms[name], act[1]
-    return term if used is None else term.masked_fill(~used.unsqueeze(-1), 0.0)
+    if used is None or (not torch.compiler.is_compiling() and bool(torch.isfinite(term).all())):
+        return term
+    return term.masked_fill(~used.unsqueeze(-1), 0.0)

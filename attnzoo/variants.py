@@ -161,9 +161,11 @@ class PooledAttention(Attention):
         group = backends.kv_group(query, key)  # grouped keys (multi-head num_kv_heads): the CPU kernels read them
         sampled = self.sampler is not None and self.training
         backend, _, form = self._sampled_backend(query, key) if sampled else backends.select(
-            self.backend, self.score, self.pooling, query, key)
-        # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v
-        nonfinite = not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
+            self.backend, self.score, self.pooling, query, key, why=False)
+        # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v (without masks every
+        # query attends every key: nothing to keep apart, and the check's host sync is saved)
+        masked = (not spec.is_empty or spec.bias is not None) and not spec.finite_values
+        nonfinite = masked and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
         ent = None
         if entropy and backend == "fused" and backends.cpu_kernels(query) and not nonfinite:
             return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights, True)

@@ -11,7 +11,6 @@ nothing is timed or checked, and the report says "not measured (benchmarks disab
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -23,21 +22,12 @@ import torch.nn.functional as F
 
 import attnzoo.ops as ops
 from attnzoo.ops import reference as ref
+from attnzoo.tools.targets import Board, check_target, timing_enabled
 
 if not ops.EXTENSION:
     pytest.skip(f"attnzoo._C is not built ({ops.EXTENSION_STATUS})", allow_module_level=True)
 
 THREADS = 2
-RESULTS: dict[str, float] = {}  # name -> best time (s) of this run; only timed runs are recorded
-FAILED_IN: dict[str, str] = {}  # target label -> the test that measured its second side and failed
-
-
-def timing_enabled(config) -> bool:
-    """False under --benchmark-disable (or when pytest-benchmark disabled itself, e.g. under xdist)."""
-    session = getattr(config, "_benchmarksession", None)
-    if session is not None:
-        return not session.disabled
-    return not config.getoption("benchmark_disable", False) or config.getoption("benchmark_enable", False)
 
 
 @pytest.fixture(autouse=True)
@@ -48,40 +38,8 @@ def _setup(request):
     torch.manual_seed(0)
 
 
-def check_target(label: str, num: float, den: float, bound: float) -> str | None:
-    """None when num / den <= bound (the target is met), else what missed and by how much, e.g.
-    "additive fused / d2l eager: 0.061 > 0.050 (22% over)"."""
-    ratio = num / den if den else math.inf
-    if ratio <= bound:
-        return None
-    return f"{label}: {ratio:.3f} > {bound:.3f} ({_over(ratio, bound)} over)"
-
-
-def _over(ratio: float, bound: float) -> str:
-    over = 100 * (ratio / bound - 1)
-    return f"{over:.0f}%" if over >= 10 else f"{over:.1f}%"
-
-
-def record(name: str, seconds: float, where: str) -> None:
-    """Stores a measured time and checks every target it completes (both sides measured): a
-    missed target fails the calling test (``where``), with the ratio, the bound and both times."""
-    RESULTS[name] = seconds
-    missed = []
-    for label, num, den, bound in TARGETS:
-        if name in (num, den) and num in RESULTS and den in RESULTS:
-            msg = check_target(label, RESULTS[num], RESULTS[den], bound)
-            if msg:
-                FAILED_IN[label] = where
-                missed.append(f"{msg} [{num} {RESULTS[num] * 1e3:.2f} ms / {den} {RESULTS[den] * 1e3:.2f} ms]")
-    if missed:
-        pytest.fail("CPU target missed: " + "; ".join(missed), pytrace=False)
-
-
 def run(benchmark, name, fn, rounds=5, warmup=1):
-    """Times fn (best of ``rounds``); under --benchmark-disable it runs fn once and records nothing."""
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
-    if benchmark.stats is not None:
-        record(name, benchmark.stats.stats.min, benchmark.fullname)
+    BOARD.run(benchmark, name, fn, rounds, warmup)
 
 
 def qkv(N, B=8, D=64, grad=False):
@@ -185,7 +143,7 @@ def test_additive_forward_forced_isa(request, isa):
     if not timed:
         return
     print(f"\nadditive forward N={N}, ATTNZOO_CPU_ISA={isa}: {float(seconds) * 1e3:.1f} ms")
-    record(f"additive_fwd_fused_{isa}_{N}", float(seconds), request.node.nodeid)
+    BOARD.record(f"additive_fwd_fused_{isa}_{N}", float(seconds), request.node.nodeid)
 
 
 _MEMORY_SCRIPT = textwrap.dedent(
@@ -233,7 +191,7 @@ def test_additive_memory_8192(request):
     print(f"\nadditive N=8192: {seconds:.2f} s, peak RSS delta {extra / 2**20:.1f} MiB")
     assert extra < 2**30, f"additive N=8192: peak RSS delta {extra / 2**20:.0f} MiB >= 1024 MiB"
     if timing_enabled(request.config):
-        record("additive_fwd_fused_8192", seconds, request.node.nodeid)
+        BOARD.record("additive_fwd_fused_8192", seconds, request.node.nodeid)
 
 
 # --- Nadaraya-Watson: scalar inputs, n = 10 000 ------------------------------------------------
@@ -426,34 +384,7 @@ INFO = [
 ]
 
 
-def report_lines(results: dict[str, float], timed: bool, failed_in: dict[str, str]) -> list[str]:
-    """The report of one run: each target's ratio against its bound (met / MISSED by how much),
-    or why it was not measured, then the informational ratios."""
-    lines, unmeasured = [], False
-    for label, num, den, bound in TARGETS:
-        if not timed:
-            lines.append(f"{label:40s} not measured (benchmarks disabled)")
-            continue
-        missing = [name for name in (num, den) if name not in results]
-        if missing:
-            unmeasured = True
-            lines.append(f"{label:40s} not measured in this run (no {', '.join(missing)})")
-            continue
-        ratio = results[num] / results[den]
-        if check_target(label, results[num], results[den], bound) is None:
-            verdict = "met"
-        else:
-            verdict = f"MISSED ({_over(ratio, bound)} over)"
-            if label in failed_in:
-                verdict += f", failed {failed_in[label]}"
-        lines.append(f"{label:40s} {ratio:8.3f}  (target <= {bound:.3f})  {verdict}")
-    for label, num, den in INFO:
-        if num in results and den in results:
-            ratio = results[num] / results[den]
-            lines.append(f"{label:40s} {ratio:8.3f}  (1/ratio = {1 / ratio:.1f}x)")
-    if unmeasured:
-        lines.append('every target, slow-marked sides included: -m "slow or not slow" (make bench)')
-    return lines
+BOARD = Board(TARGETS, INFO, 'every target, slow-marked sides included: -m "slow or not slow" (make bench)')
 
 
 # --- the target check itself, on fabricated numbers (no timing) ----------------------------------
@@ -467,19 +398,19 @@ def test_check_target():
     assert check_target("zero time", 1.0, 0.0, 1.0) == "zero time: inf > 1.000 (inf% over)"
 
 
-def test_missed_target_fails_the_test_of_its_second_side(monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "TARGETS", [("x / y", "x", "y", 1 / 20)])
-    monkeypatch.setattr(sys.modules[__name__], "RESULTS", {})
-    monkeypatch.setattr(sys.modules[__name__], "FAILED_IN", {})
-    record("y", 1.0, "test_y")  # first side: nothing to check yet
-    with pytest.raises(pytest.fail.Exception, match=r"x / y: 0\.061 > 0\.050 \(22% over\) \[x 61\.00 ms / y"):
-        record("x", 0.061, "test_x")
-    assert FAILED_IN == {"x / y": "test_x"}
-    record("x", 0.04, "test_x")  # met: no failure
-    lines = report_lines({"x": 0.061, "y": 1.0}, True, {"x / y": "test_x"})
-    assert "MISSED (22% over), failed test_x" in lines[0]
-    assert report_lines({}, False, {})[0].endswith("not measured (benchmarks disabled)")
-    assert "not measured in this run (no x)" in report_lines({"y": 1.0}, True, {})[0]
+def test_missed_target_fails_the_test_of_its_second_side():
+    board = Board([("x / y", "x", "y", 1 / 20)])
+    board.record("y", 1.0, "test_y")  # first side: nothing to check yet
+    with pytest.raises(pytest.fail.Exception, match=r"x / y: 0\.061 > 0\.050 \(22% over\) \[x 61\.000 ms / y"):
+        board.record("x", 0.061, "test_x")
+    assert board.failed_in == {"x / y": "test_x"}
+    board.record("x", 0.04, "test_x")  # met: no failure
+    board.results["x"] = 0.061
+    assert "MISSED (22% over), failed test_x" in board.report_lines(True)[0]
+    assert Board(board.targets).report_lines(False)[0].endswith("not measured (benchmarks disabled)")
+    fresh = Board(board.targets, more="more")
+    fresh.results["y"] = 1.0
+    assert "not measured in this run (no x)" in fresh.report_lines(True)[0] and fresh.report_lines(True)[-1] == "more"
 
 
 def test_report(request):
@@ -487,5 +418,5 @@ def test_report(request):
     from attnzoo import _C
 
     lines = [f"dispatched CPU ISA: {_C.build_info().get('cpu_isa_runtime', 'n/a')}"]
-    lines += report_lines(RESULTS, timing_enabled(request.config), FAILED_IN)
+    lines += BOARD.report_lines(timing_enabled(request.config))
     print("\n" + "\n".join(lines))

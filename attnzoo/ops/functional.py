@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..validation import check_window
 from .schemas import POOLINGS, PROFILES, TERMS
+
+
+def _needs_autograd(args) -> bool:
+    """Whether a call must go through the ops' autograd formula: gradients are on and an input requires one, or
+    the call is being traced (torch.compile) or intercepted by a dispatch mode, which must see the op whole."""
+    if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
+        return True
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+
+
+def _call(op, *args):
+    """``op(*args)``; a call that needs no gradient skips the autograd layer (the formula's set-up is Python:
+    ~10 us, as much as the kernel on small inputs)."""
+    if _needs_autograd(args):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
 
 
 def _code(arg: str, name: str, codes: dict) -> int:
@@ -37,9 +55,10 @@ def bilinear_attention(
     temperature ``tau`` (straight-through Gumbel-softmax, noise of :mod:`attnzoo.sampling`); ``q_offset``: query
     ``i`` sits at key position ``i + q_offset`` (causal, window, ALiBi; ``Nk - Nq``: bottom-right).
     """
-    out, lse, argmax, _, ent = torch.ops.attnzoo.bilinear_fwd(
-        q, k, v, key_bias, float(scale), *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window),
-        bool(entropy), seed, float(tau), int(q_offset)
+    out, lse, argmax, _, ent = _call(
+        torch.ops.attnzoo.bilinear_fwd.default, q, k, v, key_bias, float(scale),
+        *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau),
+        int(q_offset)
     )
     return (out, lse, argmax, ent) if entropy else (out, lse, argmax)
 
@@ -56,8 +75,9 @@ def elementwise_attention(
     ``profile`` g: ``"identity"``, ``"boxcar"``, ``"epanechnikov"`` (:mod:`attnzoo.ops.schemas`); grouped keys,
     ``entropy``, ``seed``, ``tau`` and ``q_offset`` as in :func:`bilinear_attention`.
     """
-    out, lse, argmax, _, ent = torch.ops.attnzoo.elementwise_fwd(
-        a, b, w, v, _code("term", term, TERMS), _code("profile", profile, PROFILES),
+    out, lse, argmax, _, ent = _call(
+        torch.ops.attnzoo.elementwise_fwd.default, a, b, w, v, _code("term", term, TERMS),
+        _code("profile", profile, PROFILES),
         *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau),
         int(q_offset)
     )

@@ -9,6 +9,7 @@
 #include "common/validate.h"
 #include "cpu/elementwise_impl.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/row_forward.h"
 #include "cpu/small_d.h"
 
 namespace attnzoo::cpu {
@@ -28,6 +29,15 @@ Tensor5 elementwise_fwd(const at::Tensor& a, const at::Tensor& b, const at::Tens
   const auto outs = empty_fwd_outputs(aa, Dv, pooling, aa.scalar_type());
   const auto ent = empty_entropy(aa, entropy);
   AT_DISPATCH_FLOATING_TYPES(aa.scalar_type(), "attnzoo.elementwise_fwd", [&] {
+    if (profile == kIdentity && row_forward_supported(mp, pooling, entropy)) {  // decoder steps, small problems
+      const int64_t H = a.size(2);
+      return dispatch_term(term, [&](auto tc) {
+        const ElementwiseRows<scalar_t, decltype(tc)::value> rows{aa.const_data_ptr<scalar_t>(),
+                                                                  ba.const_data_ptr<scalar_t>(),
+                                                                  wa.const_data_ptr<scalar_t>(), Nq, Nk, H};
+        row_forward<scalar_t>(mp, Dv, va.const_data_ptr<scalar_t>(), fwd_out<scalar_t>(outs), rows, 4 * H);
+      });
+    }
     // Squared distances of small dims (Nadaraya-Watson): one register sweep per row (small_d.h)
     if (!entropy && term == kSqDiff && profile == kIdentity && small_d_supported<scalar_t>(mp, a.size(2), Dv))
       return small_d_run<scalar_t>(mp, aa, ba, va, std::nullopt, 1.0, wa, outs);
