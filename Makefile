@@ -33,8 +33,9 @@ test: $(STAMP)
 # every CPU target, slow-marked sides (eager peers, N = 4096) included; a missed target fails
 bench: $(STAMP)
 	$(VENV)/bin/attnzoo bench
-	$(PY) -m pytest benchmarks --ignore=benchmarks/test_targets_cpu.py
+	$(PY) -m pytest benchmarks --ignore=benchmarks/test_targets_cpu.py --ignore=benchmarks/test_targets_decoding.py
 	$(PY) -m pytest benchmarks/test_targets_cpu.py -m "slow or not slow" -s
+	$(PY) -m pytest benchmarks/test_targets_decoding.py -s
 
 # python -m build --no-isolation in a scratch copy, the wheel (built from the sdist) installed into a new
 # venv under /tmp (no editable install), then `attnzoo list`, a fused call and a slice of the tests against it

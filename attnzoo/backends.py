@@ -122,7 +122,7 @@ def _compiled_for(query: Tensor) -> bool:
 
 
 def _flat(t: Tensor, n_batch_dims: int) -> Tensor:
-    return t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
+    return t if n_batch_dims == 1 else t.reshape(math.prod(t.shape[:n_batch_dims]), *t.shape[n_batch_dims:])
 
 
 def cpu_kernels(query: Tensor) -> bool:
@@ -167,7 +167,7 @@ def run_fused(form: Bilinear | Elementwise, pooling: str, query: Tensor, key: Te
     else:
         res = ops.elementwise_attention(_flat(form.a, nb), _flat(form.b, nb), form.w, v,
                                         term=form.term, profile=form.profile, **kw)
-    out, argmax = res[0].reshape(*spec.batch, *res[0].shape[1:]), res[2]
+    out, argmax = (res[0] if nb == 1 else res[0].reshape(*spec.batch, *res[0].shape[1:])), res[2]
     weights = _fused_weights(form, pooling, query, spec, argmax) if return_weights else None
     if not entropy:
         return out, weights

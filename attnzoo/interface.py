@@ -11,21 +11,22 @@ from . import prepared as _prepared
 from .masks import MaskSpec
 from .measures import weights_entropy
 from .prepared import PreparedKeys
-from .validation import check_qkv, mask_spec
+from .validation import all_finite, check_qkv, mask_spec
 
 
 def _zero_padding(key: Tensor, value: Tensor, used: Tensor, spec: MaskSpec):
     """Keys and values at keys no query attends (``used`` False) zeroed when they hold inf or NaN: padding may hold
-    garbage, and ``0 * NaN`` would leak into outputs and gradients. Finite ones are left as they are (no copy);
-    the spec then records that the values are finite (the variants skip their own check)."""
+    garbage, and ``0 * NaN`` would leak into outputs (values) and gradients (keys: their scores are masked out
+    of the forward, so they are checked only when gradients are on). Finite ones are left as they are (no
+    copy); the spec then records that the values are finite (the variants skip their own check)."""
     drop = ~used.unsqueeze(-1)
     if torch.compiler.is_compiling():  # no host sync inside a graph
         return key.masked_fill(drop, 0.0), value.masked_fill(drop, 0.0), spec
-    if bool(torch.isfinite(value).all()):
+    if all_finite(value):
         spec = replace(spec, finite_values=True)
     else:
         value = value.masked_fill(drop, 0.0)
-    if not bool(torch.isfinite(key).all()):
+    if torch.is_grad_enabled() and not all_finite(key):
         key = key.masked_fill(drop, 0.0)
     return key, value, spec
 

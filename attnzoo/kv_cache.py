@@ -15,6 +15,8 @@ import weakref
 import torch
 from torch import Tensor
 
+from .validation import all_finite
+
 
 class KVCache:
     """Keys and values ``(batch..., G, capacity, d)`` of the positions seen so far, and their lengths.
@@ -35,6 +37,7 @@ class KVCache:
         self.v: Tensor | None = None
         self.lengths: Tensor | None = None
         self.length: int | None = 0
+        self.finite = True  # every value written so far is finite (checked per step, on the step's values only)
         self._owner = None
 
     @property
@@ -81,6 +84,7 @@ class KVCache:
         old_uniform = self.length if self.lengths is not None else 0
         self._grow((old_uniform if old_uniform is not None else int(old.max())) + n, k, v)
         k, v = k.detach(), v.detach()
+        self.finite = self.finite and all_finite(v)
         if old_uniform is not None and step_lens is None:  # one slice for every batch entry
             self.k[..., old_uniform:old_uniform + n, :] = k
             self.v[..., old_uniform:old_uniform + n, :] = v

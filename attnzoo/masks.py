@@ -18,7 +18,7 @@ The spec also carries the positional terms added to every score before pooling:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -44,21 +44,36 @@ class MaskSpec:
     q_offset: int = 0  # query i sits at key position i + q_offset
     finite_values: bool = False  # the call found every value finite (no inf / NaN to keep from other queries)
 
+    def _replace(self, **changes) -> MaskSpec:
+        """``dataclasses.replace`` without re-running ``__init__`` (this is on every call's path)."""
+        new = object.__new__(MaskSpec)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
     @property
     def is_empty(self) -> bool:
         return self.valid_lens is None and self.mask is None and not self.causal and self.window is None
+
+    def may_have_empty_rows(self) -> bool:
+        """Whether some query may have no valid key (False is exact: every query has one)."""
+        if self.nk == 0 or self.valid_lens is not None or self.mask is not None:
+            return self.nq > 0
+        first, last = self.q_offset, self.q_offset + self.nq - 1  # the queries' positions
+        if self.causal and first < 0:
+            return True
+        return self.window is not None and (first + self.window < 0 or last - self.window > self.nk - 1)
 
     def with_structure(self, causal: bool = False, window: int | None = None, align: str = "top_left") -> MaskSpec:
         """Add a variant's own causality / window to the user's masks, its queries at ``align`` (the offset adds to
         the spec's own, e.g. a KV cache's)."""
         if not causal and window is None and align == "top_left":
             return self
-        return replace(self, causal=self.causal or causal, window=window if window is not None else self.window,
+        return self._replace(causal=self.causal or causal, window=window if window is not None else self.window,
                        q_offset=self.q_offset + align_offset(align, self.nq, self.nk))
 
     def with_alibi(self, slopes: Tensor | None) -> MaskSpec:
         """Add a variant's ALiBi slopes (broadcastable to ``batch``)."""
-        return self if slopes is None else replace(self, alibi=slopes)
+        return self if slopes is None else self._replace(alibi=slopes)
 
     def add_positions(self, scores: Tensor, i0: int = 0, j0: int = 0) -> Tensor:
         """``(s + bias) - m |i - j|`` for the scores ``(..., bq, bk)`` of queries ``i0 ..`` and keys ``j0 ..``
@@ -82,7 +97,7 @@ class MaskSpec:
         """The same masks and positional terms with ``q_offset = 0`` (for kernels that take no offset): causality
         and window become a bool ``(Nq, Nk)`` mask, ALiBi a bias term."""
         if not self.q_offset or self.nq == 0 or self.nk == 0:
-            return replace(self, q_offset=0)
+            return self._replace(q_offset=0)
         dev = next((t.device for t in (self.valid_lens, self.mask, self.bias, self.alibi) if t is not None), None)
         i = torch.arange(self.nq, device=dev).view(-1, 1) + self.q_offset
         j = torch.arange(self.nk, device=dev).view(1, -1)
@@ -98,7 +113,7 @@ class MaskSpec:
             ref = self.bias if self.bias is not None else self.alibi
             term = -self.alibi.to(ref.dtype)[..., None, None] * (i - j).abs().to(ref.dtype)
             bias = term if bias is None else bias + term
-        return replace(self, mask=mask, causal=False, window=None, alibi=None, bias=bias, q_offset=0)
+        return self._replace(mask=mask, causal=False, window=None, alibi=None, bias=bias, q_offset=0)
 
     def flat_positions(self) -> tuple[Tensor | None, Tensor | None]:
         """Kernel arguments for the batch flattened to ``B``: the bias as ``(B1, B2, Nq', Nk')`` with ``B1 B2 = B``
@@ -142,7 +157,7 @@ class MaskSpec:
         m = None
         if self.mask is not None:
             m = self.mask.reshape((1,) * max(0, 2 - self.mask.dim()) + tuple(self.mask.shape)).unsqueeze(-3)
-        return replace(self, batch=(*self.batch, num_heads), valid_lens=vl, mask=m)
+        return self._replace(batch=(*self.batch, num_heads), valid_lens=vl, mask=m)
 
     def keys_in_use(self) -> Tensor | None:
         """Bool ``batch + (Nk,)``: keys some query may attend (from lengths and mask), or None if all.

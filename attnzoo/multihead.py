@@ -116,7 +116,7 @@ class MultiHeadAttention(Attention):
     def _output(self, heads_out: Tensor, spec: MaskSpec, device) -> Tensor:
         """``W_o`` of the heads' outputs; a query with no valid key (by ``spec``) outputs zeros, not W_o's bias."""
         out = self.W_o(heads_out.transpose(-2, -3).flatten(-2))
-        if not spec.is_empty or spec.nk == 0:
+        if spec.may_have_empty_rows():
             out = out.masked_fill(~spec.dense(device).any(-1, keepdim=True), 0.0)
         return out
 
@@ -162,7 +162,8 @@ class MultiHeadAttention(Attention):
         batch, n, L = tuple(q.shape[:-3]), q.shape[-2], k.shape[-2]
         inner = self.inner
         if old_uniform is not None:  # (the variant adds its own alignment's offset)
-            return MaskSpec(batch, n, L, q_offset=old_uniform - align_offset(inner.align, n, L))
+            return MaskSpec(batch, n, L, q_offset=old_uniform - align_offset(inner.align, n, L),
+                            finite_values=cache.finite)
         pos = old.unsqueeze(-1) + torch.arange(n, device=q.device)  # batch + (n,): the queries' positions
         lens = cache.lengths.unsqueeze(-1).expand(*batch, n)
         if inner.causal:
@@ -174,7 +175,7 @@ class MultiHeadAttention(Attention):
         if inner.alibi_slopes is not None:
             dist = (pos.unsqueeze(-1) - j).abs().to(q.dtype).unsqueeze(-3)  # batch + (1, n, L)
             bias = -inner.alibi_slopes.to(q.device, q.dtype).view(-1, 1, 1) * dist
-        return MaskSpec(batch, n, L, valid_lens=lens.contiguous(), mask=mask, bias=bias)
+        return MaskSpec(batch, n, L, valid_lens=lens.contiguous(), mask=mask, bias=bias, finite_values=cache.finite)
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:
         self._check_dims(query, key, value)

@@ -17,6 +17,8 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor, nn
 
+from .validation import all_finite
+
 # (prepared keys, bool batch + (Nk,) of keys in use or None) while a call that received them runs
 _ACTIVE: ContextVar[tuple[PreparedKeys, Tensor | None] | None] = ContextVar("attnzoo_prepared_keys", default=None)
 
@@ -63,11 +65,13 @@ def active(prepared: PreparedKeys | None, used: Tensor | None):
 
 def key_term(score: nn.Module, name: str, key: Tensor, compute) -> Tensor:
     """``compute(key)``, or the term ``name`` prepared for these keys when the running call brought them (padding
-    zeroed as the call zeroes the keys)."""
+    zeroed as the call zeroes the keys: when it is not finite and gradients are on)."""
+    if torch.compiler.is_compiling():  # (a graph recomputes the term: the context is not traceable)
+        return compute(key)
     act = _ACTIVE.get()
     if act is None or act[0].score is not score or name not in act[0].terms or act[0].key.shape != key.shape:
         return compute(key)
     term, used = act[0].terms[name], act[1]
-    if used is None or (not torch.compiler.is_compiling() and bool(torch.isfinite(term).all())):
+    if used is None or (not torch.compiler.is_compiling() and (not torch.is_grad_enabled() or all_finite(term))):
         return term
     return term.masked_fill(~used.unsqueeze(-1), 0.0)

@@ -17,7 +17,7 @@ from .measures import soft_weights_entropy, weights_entropy
 from .pooling import POOLINGS, SPARSE_POOLINGS, pool
 from .positions import alibi_slopes_tensor
 from .sparse import ALPHAS, sparse_attend
-from .validation import check_window
+from .validation import all_finite, check_window
 
 # return_entropy=True where the kernels do not compute the entropy (CUDA, no fused form): soft pooling computes it
 # densely up to batch x Nq x Nk this many elements, blockwise above
@@ -139,11 +139,12 @@ class PooledAttention(Attention):
     def _attend(self, query, key, value, spec: MaskSpec, return_weights: bool, entropy: bool, structured: bool = True):
         """``(out, weights or None, entropy or None)``; ``structured=False``: ``spec`` already holds this variant's
         causality, window and ALiBi terms (a KV cache's per-entry positions)."""
+        score, slopes = self.score, self.alibi_slopes  # (module attributes: looked up once)
         if structured:
             spec = spec.with_structure(self.causal, self.window, self.align).with_alibi(
-                None if self.alibi_slopes is None else self.alibi_slopes.to(query.device))
-        if self.score is not None and hasattr(self.score, "check"):
-            self.score.check(query, key)
+                None if slopes is None else slopes.to(query.device))
+        if score is not None and hasattr(score, "check"):
+            score.check(query, key)
         if spec.nq == 0 or spec.nk == 0:  # no (query, key) pair: zeros, by the empty-row policy
             zero = zero_attached(query, key, value, *(() if spec.bias is None else (spec.bias,)))
             out = value.new_zeros(*spec.batch, spec.nq, value.shape[-1]) + zero
@@ -161,11 +162,11 @@ class PooledAttention(Attention):
         group = backends.kv_group(query, key)  # grouped keys (multi-head num_kv_heads): the CPU kernels read them
         sampled = self.sampler is not None and self.training
         backend, _, form = self._sampled_backend(query, key) if sampled else backends.select(
-            self.backend, self.score, self.pooling, query, key, why=False)
+            self.backend, score, self.pooling, query, key, why=False)
         # inf / NaN values would reach queries that cannot attend them through 0 * inf in w @ v (without masks every
         # query attends every key: nothing to keep apart, and the check's host sync is saved)
         masked = (not spec.is_empty or spec.bias is not None) and not spec.finite_values
-        nonfinite = masked and not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all())
+        nonfinite = masked and not torch.compiler.is_compiling() and not all_finite(value)
         ent = None
         if entropy and backend == "fused" and backends.cpu_kernels(query) and not nonfinite:
             return backends.run_fused(form, self.pooling, query, key, value, spec, return_weights, True)

@@ -317,3 +317,14 @@ def test_without_offset_is_the_same_spec(off):
     assert torch.equal(flat.dense(), spec.dense())
     s = torch.randn(2, 3, 5, 9, dtype=torch.float64)
     torch.testing.assert_close(flat.add_positions(s), spec.add_positions(s))
+
+
+@pytest.mark.parametrize("nq,nk", [(3, 9), (9, 3), (5, 5), (1, 1), (4, 0)])
+@pytest.mark.parametrize("off", [0, -2, 4, None])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 1), (True, 0), (False, 6)])
+def test_may_have_empty_rows_is_exact_when_false(nq, nk, off, causal, window):
+    from attnzoo.masks import MaskSpec
+
+    spec = MaskSpec((2,), nq, nk, causal=causal, window=window, q_offset=nk - nq if off is None else off)
+    empty = bool((~spec.dense().any(-1)).any())
+    assert spec.may_have_empty_rows() or not empty

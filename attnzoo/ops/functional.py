@@ -10,18 +10,18 @@ from ..validation import check_window
 from .schemas import POOLINGS, PROFILES, TERMS
 
 
-def _needs_autograd(args) -> bool:
+def _needs_autograd(differentiable) -> bool:
     """Whether a call must go through the ops' autograd formula: gradients are on and an input requires one, or
     the call is being traced (torch.compile) or intercepted by a dispatch mode, which must see the op whole."""
     if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
         return True
-    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
 
 
-def _call(op, *args):
-    """``op(*args)``; a call that needs no gradient skips the autograd layer (the formula's set-up is Python:
-    ~10 us, as much as the kernel on small inputs)."""
-    if _needs_autograd(args):
+def _call(op, differentiable, *args):
+    """``op(*args)``; a call that needs no gradient (none of the tensors ``differentiable`` requires one) skips
+    the autograd layer (the formula's set-up is Python: ~10 us, as much as the kernel on small inputs)."""
+    if _needs_autograd(differentiable):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -56,7 +56,7 @@ def bilinear_attention(
     ``i`` sits at key position ``i + q_offset`` (causal, window, ALiBi; ``Nk - Nq``: bottom-right).
     """
     out, lse, argmax, _, ent = _call(
-        torch.ops.attnzoo.bilinear_fwd.default, q, k, v, key_bias, float(scale),
+        torch.ops.attnzoo.bilinear_fwd.default, (q, k, v, key_bias, bias, alibi), q, k, v, key_bias, float(scale),
         *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau),
         int(q_offset)
     )
@@ -76,7 +76,7 @@ def elementwise_attention(
     ``entropy``, ``seed``, ``tau`` and ``q_offset`` as in :func:`bilinear_attention`.
     """
     out, lse, argmax, _, ent = _call(
-        torch.ops.attnzoo.elementwise_fwd.default, a, b, w, v, _code("term", term, TERMS),
+        torch.ops.attnzoo.elementwise_fwd.default, (a, b, w, v, bias, alibi), a, b, w, v, _code("term", term, TERMS),
         _code("profile", profile, PROFILES),
         *_mask_args(pooling, valid_lens, mask, bias, alibi, causal, window), bool(entropy), seed, float(tau),
         int(q_offset)

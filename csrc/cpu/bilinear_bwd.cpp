@@ -34,7 +34,7 @@ Tensor5 bilinear_bwd(const at::Tensor& grad_out, const OptTensor& grad_lse, cons
   std::vector<AccSpec> accs{{dv, true}, {dk, true}, {dkb, true}};
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_bwd", [&] {
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, dq);
-    backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, true), Dv, va.const_data_ptr<scalar_t>(),
+    backward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, Nk, causal, window, true), Dv, va.const_data_ptr<scalar_t>(),
                            go.const_data_ptr<scalar_t>(), bwd_in<scalar_t>(lsea, am, od, gl, Nk, ge, se), accs, dbias,
                            [&] { return sc; });
   });

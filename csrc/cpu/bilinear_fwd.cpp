@@ -7,7 +7,6 @@
 #include "common/validate.h"
 #include "cpu/bilinear_scorer.h"
 #include "cpu/ops_cpu.h"
-#include "cpu/row_forward.h"
 #include "cpu/small_d.h"
 
 namespace attnzoo::cpu {
@@ -28,12 +27,6 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const auto outs = empty_fwd_outputs(qa, Dv, pooling, qa.scalar_type());
   const auto ent = empty_entropy(qa, entropy);
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
-    if (row_forward_supported(mp, pooling, entropy)) {  // decoder steps, small problems
-      const BilinearRows<scalar_t> rows{qa.const_data_ptr<scalar_t>(), ka.const_data_ptr<scalar_t>(),
-                                        kba ? kba->const_data_ptr<scalar_t>() : nullptr,
-                                        static_cast<scalar_t>(scale), Nq, Nk, D};
-      return row_forward<scalar_t>(mp, Dv, va.const_data_ptr<scalar_t>(), fwd_out<scalar_t>(outs), rows, D);
-    }
     if (!entropy && small_d_supported<scalar_t>(mp, D, Dv))
       return small_d_run<scalar_t>(mp, qa, ka, va, kba, scale, at::Tensor(), outs);
     // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
@@ -41,7 +34,7 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     constexpr int64_t kPad = 64 / sizeof(scalar_t);
     const auto kT = pooling_traits(pooling).exact_ties ? transposed_keys(ka, D, kPad, kPad) : at::Tensor();
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor(), kT);
-    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
+    forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, Nk, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
                           fwd_out<scalar_t>(outs, ent), [&] { return sc; });
   });
   const auto& [out, lse, argmax, soft_out] = outs;

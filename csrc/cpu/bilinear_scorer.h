@@ -20,8 +20,10 @@ inline void uniform_scores_dispatch(const T* q, int64_t nq, int64_t D, const T* 
 }
 
 // Block sizes for bilinear (GEMM) blocks: large blocks amortise GEMM calls (SDPA's flash
-// kernel uses 256 x 512 too); small ones waste less on windows and the causal diagonal.
-inline Blocks bilinear_blocks(int64_t B, int64_t Nq, bool causal, int64_t window, bool bwd) {
+// kernel uses 256 x 512 too); small ones waste less on windows and the causal diagonal. Never larger
+// than the problem (rounded up): each task zero-fills a bq x bk score buffer, which for a decoder step
+// (Nq = 1) or a small problem cost more than the scores themselves.
+inline Blocks bilinear_blocks(int64_t B, int64_t Nq, int64_t Nk, bool causal, int64_t window, bool bwd) {
   Blocks b{256, 512};
   if (window >= 0)
     b = Blocks{64, window <= 64 ? 128 : 256};
@@ -32,6 +34,9 @@ inline Blocks bilinear_blocks(int64_t B, int64_t Nq, bool causal, int64_t window
   // Keep enough query blocks for all threads.
   const int64_t nt = at::get_num_threads();
   while (b.bq > 32 && B * ((Nq + b.bq - 1) / b.bq) < 4 * nt) b.bq /= 2;
+  const auto round_up = [](int64_t x, int64_t m) { return (std::max<int64_t>(x, 1) + m - 1) / m * m; };
+  b.bq = std::min(b.bq, round_up(Nq, 4));
+  b.bk = std::min(b.bk, round_up(Nk, 64));  // (a multiple of 4 vectors of float or double, as bk must be)
   return b;
 }
 

@@ -1,13 +1,17 @@
-// Forward for few queries per batch entry (decoder steps, small problems), soft pooling: each query row in
+// Forward for few queries per batch entry (decoder steps) of the elementwise family, soft pooling: each query row in
 // one sweep over its valid keys. A key's score is reduced over the features in vectors straight from the
-// row-major inputs (no key-block transpose, no GEMM call, no block buffers: nothing is allocated), then an
-// online softmax (m: running max, l: running sum, rescaled when m rises) and out += p_j v_j in vectors:
-//   out_i = sum_j exp(s_ij - m) v_j / l,  lse_i = m + log l;  a row with no valid key: out 0, lse -inf.
+// row-major inputs (no key-block transpose, no GEMM call, no block buffers), then an
+// online softmax (m: running max, l: running sum, rescaled when m rises) and the weighted values in vectors,
+// centred on the first valid key's value row r (un-centred values, ~1e3, keep their precision):
+//   out_i = r + sum_j exp(s_ij - m) (v_j - r) / l,  lse_i = m + log l;  a row with no valid key: out 0, lse -inf
+// (r = 0 when that row holds inf / NaN: such values then propagate as in sum_j p_j v_j).
 // Scores of -inf (a -inf bias) take no part; NaN propagates to the row, as in the block drivers.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <vector>
 
 #include "common/params.h"
 #include "cpu/elementwise_scorer.h"
@@ -18,35 +22,23 @@
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
 
-// The row path takes problems of at most this many queries per batch entry, or this many scores per entry.
-constexpr int64_t kRowMaxQueries = 4, kRowMaxScores = 64 * 64;
+// The row path takes problems of at most this many queries per batch entry (measured, 2 threads: the
+// additive decoder step of batch 64, Nk 10, hidden 256 in 0.12 ms against the block driver's 0.47 ms; the
+// bilinear family gains nothing over its GEMM blocks, even at (2, 16, 32), and stays on them).
+constexpr int64_t kRowMaxQueries = 4;
+
+// ATTNZOO_ROW_FORWARD=0 (read once) turns the row path off, for comparisons.
+inline bool row_forward_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ATTNZOO_ROW_FORWARD");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
 
 inline bool row_forward_supported(const MaskParams& mp, int64_t pooling, bool entropy) {
-  return pooling == kSoft && !entropy && !mp.noise && (mp.Nq <= kRowMaxQueries || mp.Nq * mp.Nk <= kRowMaxScores);
+  return pooling == kSoft && !entropy && !mp.noise && row_forward_enabled() && mp.Nq <= kRowMaxQueries;
 }
-
-// sum_d x[d] y[d] in vectors (the tail loaded partially).
-template <typename T>
-inline T row_dot(const T* x, const T* y, int64_t n) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  int64_t d = 0;
-  for (; d + V::size() <= n; d += V::size()) acc = at::vec::fmadd(V::loadu(x + d), V::loadu(y + d), acc);
-  if (d < n) acc = at::vec::fmadd(V::loadu(x + d, n - d), V::loadu(y + d, n - d), acc);
-  return at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, acc);
-}
-
-// Bilinear rows: s_ij = scale q_i . k_j + key_bias_j; q (B, Nq, D), k (Bk, Nk, D), key_bias (Bk, Nk) or nullptr.
-template <typename T>
-struct BilinearRows {
-  const T *q, *k, *kb;
-  T scale;
-  int64_t Nq, Nk, D;
-  T operator()(int64_t b, int64_t c, int64_t i, int64_t j) const {
-    const T s = scale * row_dot(q + (b * Nq + i) * D, k + (c * Nk + j) * D, D);
-    return kb ? s + kb[c * Nk + j] : s;
-  }
-};
 
 // Elementwise rows, identity profile: s_ij = sum_h w_h phi(a_ih, b_jh); a (B, Nq, H), b (Bk, Nk, H), w (H,).
 template <typename T, int64_t TERM>
@@ -69,14 +61,18 @@ struct ElementwiseRows {
 };
 
 // out (B, Nq, Dv), lse (B, Nq) of soft pooling over the scores score(b, key batch, i, j); v (Bk, Nk, Dv).
+// Keys in chunks of kRowChunk: the chunk's scores, its max, one rescale when the max rises, the weights in
+// vectors (exp_sub_sum: the block drivers' arithmetic), then the weighted value rows.
 template <typename T, typename Score>
 void row_forward(const MaskParams& mp, int64_t Dv, const T* v, const FwdOut<T>& fo, const Score& score,
                  int64_t cost_per_score) {
   using V = Vectorized<T>;
-  constexpr int64_t W = V::size();
+  constexpr int64_t W = V::size(), kRowChunk = 64;
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk;
   const T ninf = -std::numeric_limits<T>::infinity();
   parallel_tasks(B * Nq, std::max<int64_t>(Nk, 1) * cost_per_score, [&](int64_t t0, int64_t t1) {
+    std::vector<T> zero;  // the centre of rows whose first value row is not finite (allocated when needed)
+    T S[kRowChunk];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / Nq, i = t % Nq, c = b / mp.kv_group;
       T* o = fo.out + t * Dv;
@@ -86,29 +82,52 @@ void row_forward(const MaskParams& mp, int64_t Dv, const T* v, const FwdOut<T>& 
       const T* brow = bias_row<T>(mp, b, i);
       const T slope = alibi_slope<T>(mp, b);
       T m = ninf, l = T(0);
-      for (int64_t j = kr.lo; j < kr.hi; ++j) {
-        if (!mask_ok(mp, mrow, j)) continue;
-        const T s = with_positions<T>(mp, score(b, c, i, j), brow, slope, i, j);
-        if (s == ninf) continue;
-        if (s > m) {  // (also the first key: m = -inf)
-          const T alpha = std::exp(m - s);
+      const T* r = nullptr;  // the centre: the first weighted key's value row
+      for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kRowChunk) {
+        const int64_t n = std::min(kRowChunk, kr.hi - j0);
+        for (int64_t jj = 0; jj < n; ++jj) {
+          const int64_t j = j0 + jj;
+          S[jj] = mask_ok(mp, mrow, j) ? with_positions<T>(mp, score(b, c, i, j), brow, slope, i, j) : ninf;
+        }
+        const T cm = vmax(S, n);
+        if (cm == ninf) continue;  // (a NaN max goes on: the row becomes NaN)
+        if (!(cm <= m)) {  // the max rises (also the first chunk: m = -inf)
+          const T alpha = m == ninf ? T(0) : std::exp(m - cm);
           l *= alpha;
           vscale(o, Dv, alpha);
-          m = s;
+          m = cm;
         }
-        const T p = std::exp(s - m);  // NaN for a NaN score: the row is NaN
-        l += p;
-        const T* vj = v + (c * Nk + j) * Dv;
-        const V pv(p);
-        int64_t d = 0;
-        for (; d + W <= Dv; d += W) at::vec::fmadd(pv, V::loadu(vj + d), V::loadu(o + d)).store(o + d);
-        if (d < Dv) at::vec::fmadd(pv, V::loadu(vj + d, Dv - d), V::loadu(o + d, Dv - d)).store(o + d, Dv - d);
+        l += exp_sub_sum(S, n, m);
+        for (int64_t jj = 0; jj < n; ++jj) {
+          const T p = S[jj];
+          if (p == T(0)) continue;
+          const T* vj = v + (c * Nk + j0 + jj) * Dv;
+          if (r == nullptr) {  // (its own term is 0)
+            r = vj;
+            if (!std::all_of(vj, vj + Dv, [](T x) { return std::isfinite(x); })) {
+              zero.assign(Dv, T(0));
+              r = zero.data();
+            }
+          }
+          const V pv(p);
+          int64_t d = 0;
+          for (; d + W <= Dv; d += W)
+            at::vec::fmadd(pv, V::loadu(vj + d) - V::loadu(r + d), V::loadu(o + d)).store(o + d);
+          if (d < Dv) {
+            const int64_t rest = Dv - d;
+            at::vec::fmadd(pv, V::loadu(vj + d, rest) - V::loadu(r + d, rest), V::loadu(o + d, rest))
+                .store(o + d, rest);
+          }
+        }
       }
-      if (l == T(0)) {  // no valid key (l is NaN, not 0, for a NaN row)
+      if (l == T(0)) {  // no weighted key (l is NaN, not 0, for a NaN row; l != 0 means r is set)
         vfill(o, Dv, T(0));
         fo.lse[t] = ninf;
       } else {
-        vscale(o, Dv, T(1) / l);
+        const V inv(T(1) / l);
+        int64_t d = 0;
+        for (; d + W <= Dv; d += W) at::vec::fmadd(V::loadu(o + d), inv, V::loadu(r + d)).store(o + d);
+        if (d < Dv) at::vec::fmadd(V::loadu(o + d, Dv - d), inv, V::loadu(r + d, Dv - d)).store(o + d, Dv - d);
         fo.lse[t] = m + std::log(l);
       }
     }
