@@ -162,7 +162,8 @@ class MultiHeadAttention(Attention):
         batch, n, L = tuple(q.shape[:-3]), q.shape[-2], k.shape[-2]
         inner = self.inner
         if old_uniform is not None:  # (the variant adds its own alignment's offset)
-            return MaskSpec(batch, n, L, q_offset=old_uniform - align_offset(inner.align, n, L),
+            lens = None if cache.length == L else cache.lengths.unsqueeze(-1)  # this step was ragged
+            return MaskSpec(batch, n, L, valid_lens=lens, q_offset=old_uniform - align_offset(inner.align, n, L),
                             finite_values=cache.finite)
         pos = old.unsqueeze(-1) + torch.arange(n, device=q.device)  # batch + (n,): the queries' positions
         lens = cache.lengths.unsqueeze(-1).expand(*batch, n)

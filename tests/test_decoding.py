@@ -328,3 +328,24 @@ def test_may_have_empty_rows_is_exact_when_false(nq, nk, off, causal, window):
     spec = MaskSpec((2,), nq, nk, causal=causal, window=window, q_offset=nk - nq if off is None else off)
     empty = bool((~spec.dense().any(-1)).any())
     assert spec.may_have_empty_rows() or not empty
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_kv_cache_ragged_prefill_keeps_each_entry_to_its_own_tokens(causal):
+    """A ragged first step (equal lengths before it): without causality too, no entry attends another's padding."""
+    attn = attnzoo.create("multihead", embed_dim=8, num_heads=2, causal=causal).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    lens = torch.tensor([4, 2])
+    cache = attnzoo.KVCache()
+    got = attn(x, cache=cache, valid_lens=lens)
+    nxt = torch.randn(2, 1, 8, dtype=torch.float64)
+    step = attn(nxt, cache=cache)
+    for b, n in enumerate(lens.tolist()):
+        seq = torch.cat([x[b:b + 1, :n], nxt[b:b + 1]], 1)
+        full = attn(seq) if causal else None
+        if causal:
+            torch.testing.assert_close(got[b:b + 1, :n], full[:, :n])
+            torch.testing.assert_close(step[b:b + 1], full[:, -1:])
+        else:  # every cached token is visible: the prefill's queries see the prompt, the step sees all
+            torch.testing.assert_close(got[b:b + 1, :n], attn(x[b:b + 1, :n]))
+            torch.testing.assert_close(step[b:b + 1], attn(nxt[b:b + 1], seq, seq))
