@@ -349,3 +349,18 @@ def test_kv_cache_ragged_prefill_keeps_each_entry_to_its_own_tokens(causal):
         else:  # every cached token is visible: the prefill's queries see the prompt, the step sees all
             torch.testing.assert_close(got[b:b + 1, :n], attn(x[b:b + 1, :n]))
             torch.testing.assert_close(step[b:b + 1], attn(nxt[b:b + 1], seq, seq))
+
+
+@needs_ext
+def test_forward_mode_ad_is_refused_not_silently_zero():
+    """The ops have no jvp: forward-mode AD must fail (torch would give zero tangents), the reference supports it."""
+    import torch.autograd.forward_ad as fwAD
+
+    q, t = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    fused = attnzoo.create("scaled_dot", backend="fused")
+    with pytest.raises(NotImplementedError, match="forward-mode AD .* not implemented"):
+        torch.func.jvp(lambda x: fused(x), (q,), (t,))
+    with pytest.raises(NotImplementedError, match="forward-mode AD"), fwAD.dual_level():
+        ops.bilinear_attention(fwAD.make_dual(q, t), q, q)
+    _, tangent = torch.func.jvp(lambda x: attnzoo.create("scaled_dot", backend="reference")(x), (q,), (t,))
+    assert float(tangent.abs().sum()) > 0

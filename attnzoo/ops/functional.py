@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..validation import check_window
@@ -20,7 +21,12 @@ def _needs_autograd(differentiable) -> bool:
 
 def _call(op, differentiable, *args):
     """``op(*args)``; a call that needs no gradient (none of the tensors ``differentiable`` requires one) skips
-    the autograd layer (the formula's set-up is Python: ~10 us, as much as the kernel on small inputs)."""
+    the autograd layer (the formula's set-up is Python: ~10 us, as much as the kernel on small inputs).
+    Forward-mode AD is refused: the ops have no jvp, and torch would drop the tangents silently."""
+    if forward_ad._current_level >= 0:
+        raise NotImplementedError(
+            f"{op.name()}: forward-mode AD (torch.func.jvp / jacfwd, forward_ad dual tensors) through the fused "
+            "kernels is not implemented (it would give zero tangents); use backend='reference'")
     if _needs_autograd(differentiable):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
