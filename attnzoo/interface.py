@@ -11,7 +11,7 @@ from . import prepared as _prepared
 from .masks import MaskSpec
 from .measures import weights_entropy
 from .prepared import PreparedKeys
-from .validation import all_finite, check_qkv, mask_spec
+from .validation import all_finite, check_qkv, mask_spec, zero_unused
 
 
 def _zero_padding(key: Tensor, value: Tensor, used: Tensor, spec: MaskSpec):
@@ -19,15 +19,13 @@ def _zero_padding(key: Tensor, value: Tensor, used: Tensor, spec: MaskSpec):
     garbage, and ``0 * NaN`` would leak into outputs (values) and gradients (keys: their scores are masked out
     of the forward, so they are checked only when gradients are on). Finite ones are left as they are (no
     copy); the spec then records that the values are finite (the variants skip their own check)."""
-    drop = ~used.unsqueeze(-1)
-    if torch.compiler.is_compiling():  # no host sync inside a graph
-        return key.masked_fill(drop, 0.0), value.masked_fill(drop, 0.0), spec
-    if all_finite(value):
+    compiling = torch.compiler.is_compiling()  # (no host sync inside a graph: zero them)
+    if not compiling and all_finite(value):
         spec = replace(spec, finite_values=True)
     else:
-        value = value.masked_fill(drop, 0.0)
-    if torch.is_grad_enabled() and not all_finite(key):
-        key = key.masked_fill(drop, 0.0)
+        value = value.masked_fill(~used.unsqueeze(-1), 0.0)
+    if compiling or torch.is_grad_enabled():
+        key = zero_unused(key, used)
     return key, value, spec
 
 

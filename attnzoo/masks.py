@@ -69,7 +69,7 @@ class MaskSpec:
         if not causal and window is None and align == "top_left":
             return self
         return self._replace(causal=self.causal or causal, window=window if window is not None else self.window,
-                       q_offset=self.q_offset + align_offset(align, self.nq, self.nk))
+                             q_offset=self.q_offset + align_offset(align, self.nq, self.nk))
 
     def with_alibi(self, slopes: Tensor | None) -> MaskSpec:
         """Add a variant's ALiBi slopes (broadcastable to ``batch``)."""
@@ -89,8 +89,7 @@ class MaskSpec:
         if self.alibi is not None:
             i = torch.arange(i0, i0 + bq, device=scores.device).view(bq, 1) + self.q_offset
             j = torch.arange(j0, j0 + bk, device=scores.device).view(1, bk)
-            dist = (i - j).abs().to(scores.dtype)
-            scores = scores - self.alibi.to(scores.dtype)[..., None, None] * dist
+            scores = scores + alibi_term(self.alibi[..., None, None], i, j, scores.dtype)
         return scores
 
     def without_offset(self) -> MaskSpec:
@@ -102,16 +101,12 @@ class MaskSpec:
         i = torch.arange(self.nq, device=dev).view(-1, 1) + self.q_offset
         j = torch.arange(self.nk, device=dev).view(1, -1)
         mask, bias = self.mask, self.bias
-        if self.causal or self.window is not None:
-            m = torch.ones(self.nq, self.nk, dtype=torch.bool, device=dev)
-            if self.causal:
-                m = m & (j <= i)
-            if self.window is not None:
-                m = m & ((i - j).abs() <= self.window)
-            mask = m if mask is None else mask & m
+        structure = structure_mask(i, j, self.causal, self.window)
+        if structure is not None:
+            mask = structure if mask is None else mask & structure
         if self.alibi is not None:
             ref = self.bias if self.bias is not None else self.alibi
-            term = -self.alibi.to(ref.dtype)[..., None, None] * (i - j).abs().to(ref.dtype)
+            term = alibi_term(self.alibi[..., None, None], i, j, ref.dtype)
             bias = term if bias is None else bias + term
         return self._replace(mask=mask, causal=False, window=None, alibi=None, bias=bias, q_offset=0)
 
@@ -135,10 +130,9 @@ class MaskSpec:
         i = torch.arange(i0, i1, device=device).view(-1, 1) + self.q_offset
         j = torch.arange(j0, j1, device=device).view(1, -1)
         valid = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
-        if self.causal:
-            valid = valid & (j <= i)
-        if self.window is not None:
-            valid = valid & ((i - j).abs() <= self.window)
+        structure = structure_mask(i, j, self.causal, self.window)
+        if structure is not None:
+            valid = valid & structure
         if self.valid_lens is not None:
             vl = self.valid_lens
             valid = valid & (j < (vl[..., i0:i1] if vl.shape[-1] > 1 else vl).unsqueeze(-1))
@@ -187,6 +181,21 @@ class MaskSpec:
         if self.mask is not None:
             m = self.mask.expand(*self.batch, self.nq, self.nk).reshape(B, self.nq, self.nk)
         return vl, m
+
+
+def structure_mask(i: Tensor, j: Tensor, causal: bool, window: int | None) -> Tensor | None:
+    """Bool ``(j <= i) & (|i - j| <= window)`` (each part when asked for; None for neither) for query positions
+    ``i`` and key positions ``j``, broadcast against each other."""
+    valid = (j <= i) if causal else None
+    if window is not None:
+        near = (i - j).abs() <= window
+        valid = near if valid is None else valid & near
+    return valid
+
+
+def alibi_term(slopes: Tensor, i: Tensor, j: Tensor, dtype: torch.dtype) -> Tensor:
+    """ALiBi's ``-m |i - j|`` in ``dtype`` for slopes ``m`` and positions ``i``, ``j`` (broadcast)."""
+    return -slopes.to(dtype) * (i - j).abs().to(dtype)
 
 
 ALIGNS = ("top_left", "bottom_right")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from . import backends
 from .interface import Attention
 from .kv_cache import KVCache
-from .masks import MaskSpec, align_offset
+from .masks import MaskSpec, alibi_term, align_offset, structure_mask
 from .positions import alibi_slopes
 from .registry import accepted_options, build_score
 from .validation import check_qkv, mask_spec
@@ -169,13 +169,11 @@ class MultiHeadAttention(Attention):
         lens = cache.lengths.unsqueeze(-1).expand(*batch, n)
         if inner.causal:
             lens = torch.minimum(lens, pos + 1)
-        j = torch.arange(L, device=q.device)
-        mask = bias = None
-        if inner.window is not None:
-            mask = ((pos.unsqueeze(-1) - j).abs() <= inner.window)
-        if inner.alibi_slopes is not None:
-            dist = (pos.unsqueeze(-1) - j).abs().to(q.dtype).unsqueeze(-3)  # batch + (1, n, L)
-            bias = -inner.alibi_slopes.to(q.device, q.dtype).view(-1, 1, 1) * dist
+        i, j = pos.unsqueeze(-1), torch.arange(L, device=q.device)
+        mask = structure_mask(i, j, False, inner.window)  # (causality: in the lengths)
+        bias = None
+        if inner.alibi_slopes is not None:  # batch + (H, n, L)
+            bias = alibi_term(inner.alibi_slopes.to(q.device).view(-1, 1, 1), i.unsqueeze(-3), j, q.dtype)
         return MaskSpec(batch, n, L, valid_lens=lens.contiguous(), mask=mask, bias=bias, finite_values=cache.finite)
 
     def backend_for(self, query: Tensor, key: Tensor, value: Tensor) -> str:

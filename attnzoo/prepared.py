@@ -17,7 +17,7 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor, nn
 
-from .validation import all_finite
+from .validation import zero_unused
 
 # (prepared keys, bool batch + (Nk,) of keys in use or None) while a call that received them runs
 _ACTIVE: ContextVar[tuple[PreparedKeys, Tensor | None] | None] = ContextVar("attnzoo_prepared_keys", default=None)
@@ -51,11 +51,8 @@ class PreparedKeys:
 
 
 @contextlib.contextmanager
-def active(prepared: PreparedKeys | None, used: Tensor | None):
+def active(prepared: PreparedKeys, used: Tensor | None):
     """Let ``prepared``'s score read its terms (:func:`key_term`) during a call; ``used``: the keys in use."""
-    if prepared is None:
-        yield
-        return
     token = _ACTIVE.set((prepared, used))
     try:
         yield
@@ -72,6 +69,4 @@ def key_term(score: nn.Module, name: str, key: Tensor, compute) -> Tensor:
     if act is None or act[0].score is not score or name not in act[0].terms or act[0].key.shape != key.shape:
         return compute(key)
     term, used = act[0].terms[name], act[1]
-    if used is None or (not torch.compiler.is_compiling() and (not torch.is_grad_enabled() or all_finite(term))):
-        return term
-    return term.masked_fill(~used.unsqueeze(-1), 0.0)
+    return term if used is None or not torch.is_grad_enabled() else zero_unused(term, used)

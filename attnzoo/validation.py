@@ -30,6 +30,15 @@ def all_finite(t: Tensor) -> bool:
     return math.isfinite(float(lo)) and math.isfinite(float(hi))
 
 
+def zero_unused(t: Tensor, used: Tensor) -> Tensor:
+    """``t (..., Nk, F)`` with the rows of keys not in use (``used (..., Nk)`` False) zeroed when it holds inf / NaN
+    (always inside a graph: no host sync there), else ``t`` itself: padding may hold garbage, and ``0 * NaN``
+    would leak."""
+    if not torch.compiler.is_compiling() and all_finite(t):
+        return t
+    return t.masked_fill(~used.unsqueeze(-1), 0.0)
+
+
 def check_window(window) -> int | None:
     """``window``: None (no window) or an int >= 0, keeping keys with ``|i - j| <= window``."""
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):

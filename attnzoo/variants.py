@@ -205,7 +205,8 @@ class PooledAttention(Attention):
                 weights = pool(scores, spec.dense(query.device), self.pooling, query.dtype)
             out = weights @ value
         if nonfinite:
-            value = backends.ungroup(value, backends.kv_group(query, value))
+            if backend == "fused":  # (the other backends have the keys and values repeated already)
+                value = backends.ungroup(value, group)
             out = _pool_nonfinite(weights, value, spec.dense(query.device))
         return out, (weights if return_weights else None), ent
 

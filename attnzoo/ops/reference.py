@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..masks import MaskSpec
+from ..masks import MaskSpec, alibi_term
 from .schemas import POOLINGS, PROFILES, TERMS
 
 SOFT, HARD, AVERAGE = POOLINGS["soft"], POOLINGS["hard"], POOLINGS["average"]
@@ -63,7 +63,7 @@ def add_positions(s: Tensor, bias, alibi, q_offset: int = 0) -> Tensor:
     if alibi is not None:
         i = torch.arange(Nq, device=s.device).view(Nq, 1) + q_offset
         j = torch.arange(Nk, device=s.device).view(1, Nk)
-        s = s - alibi.to(s.dtype).view(B, 1, 1) * (i - j).abs().to(s.dtype)
+        s = s + alibi_term(alibi.view(B, 1, 1), i, j, s.dtype)
     return s
 
 

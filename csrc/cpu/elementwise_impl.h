@@ -3,28 +3,20 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
 #include "cpu/elementwise_kernels.h"
 #include "cpu/elementwise_scorer.h"
+#include "cpu/switches.h"
 
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
 
 // The float tanh forward's exp form (ElementwiseScorer::use_exp) needs |a|, |b| <= kExpBound so that
-// e^{2a} e^{2b} lies in [e^-80, e^80]: finite and normal in float. ATTNZOO_ADDITIVE_EXP=0
-// (read once) turns it off, for comparisons.
+// e^{2a} e^{2b} lies in [e^-80, e^80]: finite and normal in float. ATTNZOO_ADDITIVE_EXP=0 turns it off
+// (switches.h), for comparisons.
 constexpr float kExpBound = 20.0f;
-
-inline bool additive_exp_form_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("ATTNZOO_ADDITIVE_EXP");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
 
 // out[k] = exp(2 x[k]) for k < n; false (out unspecified) when some |x[k]| > kExpBound or is NaN.
 inline bool exp2x_bounded(const float* x, float* out, int64_t n) {

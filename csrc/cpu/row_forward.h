@@ -9,7 +9,6 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -17,6 +16,7 @@
 #include "cpu/elementwise_scorer.h"
 #include "cpu/kernel_args.h"
 #include "cpu/parallel.h"
+#include "cpu/switches.h"
 #include "cpu/vec_math.h"
 
 namespace attnzoo::cpu {
@@ -27,15 +27,7 @@ inline namespace ATTNZOO_ISA {
 // bilinear family gains nothing over its GEMM blocks, even at (2, 16, 32), and stays on them).
 constexpr int64_t kRowMaxQueries = 4;
 
-// ATTNZOO_ROW_FORWARD=0 (read once) turns the row path off, for comparisons.
-inline bool row_forward_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("ATTNZOO_ROW_FORWARD");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
+// (ATTNZOO_ROW_FORWARD=0 turns the row path off: switches.h.)
 inline bool row_forward_supported(const MaskParams& mp, int64_t pooling, bool entropy) {
   return pooling == kSoft && !entropy && !mp.noise && row_forward_enabled() && mp.Nq <= kRowMaxQueries;
 }
