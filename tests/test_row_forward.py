@@ -74,9 +74,9 @@ def test_row_path_outputs_and_gradients(family, case, kind, dtype):
     F = 37 if family == "bilinear" else 19  # not a multiple of the vector width: the tails
     scale, centre = (0.05, 1.0) if family == "additive" else (1.0, 3.0)  # un-centred features
     x, y, v = _inputs(family, dtype, B, Bk, nq, nk, F, scale, centre)
-    w = torch.randn(F, dtype=dtype)
+    w = 4 * torch.randn(F, dtype=dtype)  # a learned scorer far from its initial scale
     kw = _mask_kw(kind, B, nq, nk, dtype)
-    leaves = [t.requires_grad_() for t in (x, y, v)]
+    leaves = [t.requires_grad_() for t in ((x, y, v) if family == "bilinear" else (x, y, v, w))]
     out, lse, _ = _ours(family, x, y, w, v, kw)
     want_out, want_lse = _oracle(family, x, y, w, v, kw)[:2]
     f32 = dtype == torch.float32
