@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh registry per test that touches plugins, and a fake installed plugin.
+"""Shared fixtures: torch's RNG seeded per test, a fresh registry, a fake installed plugin.
 
 The report header names the attnzoo under test (its path: the checkout or an installed copy) and
 its extension. ``ATTNZOO_EXPECT_EXTENSION=1`` (set by ``make test`` and CI) turns a missing
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 import attnzoo
 from attnzoo import ops
@@ -50,6 +52,12 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(request):
+    """Torch's global RNG seeded from the test's id: a test draws the same inputs alone, in any order, in CI."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture

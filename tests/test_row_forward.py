@@ -74,7 +74,8 @@ def test_row_path_outputs_and_gradients(family, case, kind, dtype):
     F = 37 if family == "bilinear" else 19  # not a multiple of the vector width: the tails
     scale, centre = (0.05, 1.0) if family == "additive" else (1.0, 3.0)  # un-centred features
     x, y, v = _inputs(family, dtype, B, Bk, nq, nk, F, scale, centre)
-    w = 4 * torch.randn(F, dtype=dtype)  # a learned scorer far from its initial scale
+    gen = torch.Generator().manual_seed(2)
+    w = (4 * torch.randn(F, generator=gen, dtype=torch.float64)).to(dtype)  # a learned scorer far from its init
     kw = _mask_kw(kind, B, nq, nk, dtype)
     leaves = [t.requires_grad_() for t in ((x, y, v) if family == "bilinear" else (x, y, v, w))]
     out, lse, _ = _ours(family, x, y, w, v, kw)
@@ -86,12 +87,16 @@ def test_row_path_outputs_and_gradients(family, case, kind, dtype):
     torch.testing.assert_close(lse.double()[finite], want_lse[finite], rtol=1e-5 if f32 else 1e-10,
                                atol=1e-3 if f32 else 1e-9)
     assert (out[~finite] == 0).all()  # rows with no key: zeros
-    g = torch.randn_like(out)
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
     got = torch.autograd.grad(out, leaves, g)
     want = torch.autograd.grad(reference_out(family, x, y, w, v, kw), leaves, g)
+    # float32 outputs near 1e3 carry a rounding of ~6e-5, which enters every score gradient through
+    # D_i = dO_i . o_i: ~3e-3 of the gradient's scale at most over 100 seeds of these inputs.
     for a, b in zip(got, want, strict=True):
         s = max(1.0, float(b.abs().max()))
-        torch.testing.assert_close(a.double() / s, b.double() / s, rtol=0, atol=2e-3 if f32 else 1e-9)
+        torch.testing.assert_close(a.double() / s, b.double() / s, rtol=0, atol=5e-3 if f32 else 1e-9)
+    if nk == 1:  # one key: dS = 0 exactly, whatever the values' offset (the backward centres them)
+        assert all(bool((a == 0).all()) for a in (got[:2] + got[3:]))
 
 
 def reference_out(family, x, y, w, v, kw):

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "common/params.h"
@@ -24,6 +25,7 @@
 #include "common/tensors.h"
 #include "cpu/kernel_args.h"
 #include "cpu/blas.h"
+#include "cpu/centred_values.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "cpu/pooling.h"
@@ -231,6 +233,15 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
     dbias_at[th].d = dbias_copies[th].data_ptr();
   }
 
+  // dP and D_i from centred values (centred_values.h); the pooling's other terms read bi as given.
+  BwdIn<T> bin = bi;
+  std::optional<CentredValues<T>> centred;
+  if constexpr (pt.score_grad) {
+    centred.emplace(Bk, G, Nq, Nk, Dv, v, bi.o_delta);
+    v = centred->v();
+    bin.o_delta = centred->o();
+  }
+
   auto process = [&](auto& scorer, Pool& pool, RowBlock<T>& rb, std::vector<T>& dP, int64_t b, int64_t i0,
                      T* const* acc, const BiasGrad& dbg) {
     const int64_t nq = std::min(bq, Nq - i0), kb = b / G;
@@ -260,7 +271,7 @@ void backward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, c
   const int64_t ntasks = direct ? Bk : B * nqb;
   parallel_tasks(ntasks, direct ? G * Nq * Nk : bq * Nk, [&](int64_t t0, int64_t t1) {
     auto scorer = make_scorer();
-    Pool pool(bi, bq);
+    Pool pool(bin, bq);
     RowBlock<T> rb(bq, bk);
     std::vector<T> dP(pt.score_grad ? bq * bk : 0);
     const int th = std::min(at::get_thread_num(), nt - 1);

@@ -208,17 +208,24 @@ void generic_bwd(const Family& fam, const at::Tensor& grad_out, const OptTensor&
   const int64_t B = mp.B, Nq = mp.Nq, Nk = mp.Nk, D = fam.D, Dv = v.size(2);
   if (B * Nq == 0 || B * Nk == 0) return;
   const PoolingTraits pt = pooling_traits(mp.pooling);
-  at::Tensor delta;
+  at::Tensor delta, v_used = v;
   if (pt.score_grad) {
+    // dp_ij - D_i = dO_i . (v_j - o_i) from values and o centred on the key batch's mean value row c: exact for
+    // any c as a row's weights sum to 1, so that un-centred values (~1e3) do not cancel (as cpu/centred_values.h).
+    const auto va = v.to(acc_type(v.scalar_type()));
+    const auto fin = va.isfinite();
+    const auto c = at::where(fin, va, 0).sum(1, true) / fin.sum(1, true).clamp_min(1);  // (Bk, 1, Dv)
+    const auto oc = (o_for_delta.to(c.scalar_type()) - c.repeat_interleave(B / v.size(0), 0)).to(v.scalar_type());
+    v_used = (va - c).to(v.scalar_type());
     delta = at::empty({B, Nq}, v.options().dtype(acc_type(v.scalar_type())));
-    launch_delta<T>(grad_out, o_for_delta, grad_lse, delta);
+    launch_delta<T>(grad_out, oc, grad_lse, delta);
   }
   const int64_t nKT = key_tiles(Nk), nQT = ceil_div(Nq, kRows);
   const auto lse_c = lse.contiguous();
   const auto arg_c = pt.argmax ? argmax.contiguous() : argmax;
   auto stream = c10::cuda::getCurrentCUDAStream();
   BwdParams<Family, T, A> p{fam};
-  p.v = v.const_data_ptr<T>();
+  p.v = v_used.const_data_ptr<T>();
   p.B = B;
   p.Nq = Nq;
   p.Nk = Nk;
