@@ -91,6 +91,8 @@ def _reference_or_blockwise(why: str, pooling: str, query: Tensor, key: Tensor):
 def check_form(name: str, form: Bilinear | Elementwise, query: Tensor, key: Tensor) -> None:
     """The tensors of a score's fused form must fit the inputs: ``(..., Nq, F)`` per query,
     ``(..., Nk, F)`` per key, one feature size ``F``, the inputs' batch dims, dtype and device."""
+    if isinstance(form, Bilinear) and form.q is query and form.k is key and form.key_bias is None:
+        return  # the inputs themselves (dot products without rotation): they fit by construction
     batch, kbatch, nq, nk = tuple(query.shape[:-2]), tuple(key.shape[:-2]), query.shape[-2], key.shape[-2]
     if isinstance(form, Bilinear):
         parts = {"q": (form.q, (*batch, nq, None)), "k": (form.k, (*kbatch, nk, None))}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -461,6 +464,21 @@ def test_thread_counts_give_same_results(D):
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(results[0], results[1], **TOL[torch.float64])  # block sizes depend on threads
+
+
+def test_small_problems_leave_the_callers_blas_threads_alone():
+    """A small problem runs its tasks on the calling thread with MKL kept serial there (csrc/cpu/blas.h); the
+    thread's own MKL setting is restored after the call (left at 1, the user's matmuls would run serially)."""
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    if not hasattr(lib, "mkl_set_num_threads_local_"):
+        pytest.skip("torch built without MKL")
+    local = lib.mkl_set_num_threads_local_
+    local.restype = ctypes.c_int
+    q, k, v = torch.randn(16, 1, 32), torch.randn(16, 300, 32), torch.randn(16, 300, 32)
+    for setting in (0, 3):  # 0: MKL's global setting; 3: one the caller chose for its thread
+        local(ctypes.byref(ctypes.c_int(setting)))
+        ops.bilinear_attention(q, k, v, scale=0.2)
+        assert local(ctypes.byref(ctypes.c_int(0))) == setting
 
 
 _THREADS_SCRIPT = """

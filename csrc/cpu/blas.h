@@ -13,10 +13,30 @@ void sgemm_(const char*, const char*, const int*, const int*, const int*, const 
             const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
             const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+int mkl_set_num_threads_local_(const int*) __attribute__((weak));  // (the Fortran interface, as sgemm_)
 }
 
 namespace attnzoo::cpu {
 inline namespace ATTNZOO_ISA {
+
+// MKL's calls on this thread run on it alone while in scope. Called outside an OpenMP region (a small problem's
+// tasks run on the calling thread), MKL forks its threads for every block's GEMM, and for blocks this size the
+// fork / join costs several times the GEMM (a decoder step's 1 x 512 x 32 sgemv spent most of its time in libgomp).
+class SerialBlas {
+ public:
+  SerialBlas() {
+    static const int one = 1;
+    if (mkl_set_num_threads_local_) prev_ = mkl_set_num_threads_local_(&one);
+  }
+  ~SerialBlas() {
+    if (mkl_set_num_threads_local_) mkl_set_num_threads_local_(&prev_);
+  }
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+
+ private:
+  int prev_ = 0;  // the thread's previous setting (0: MKL's global one)
+};
 
 template <typename T>
 inline void gemm_fallback(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/blas.h"
 #include "cpu/isa.h"
 
 // at::parallel_for is header-inline OpenMP: setup.py compiles the extension with -fopenmp
@@ -19,13 +20,16 @@ inline namespace ATTNZOO_ISA {
 
 // f(begin, end) over contiguous chunks of the tasks [0, n) on torch's intra-op threads
 // (at::parallel_for: one chunk per thread, at::get_thread_num() < max_threads() inside f;
-// MKL called from f runs single-threaded as the region is already parallel). `work` is the
-// cost of one task in scores: tasks are grouped so that each chunk has at least
-// at::internal::GRAIN_SIZE scores, so small problems stay on the calling thread.
+// MKL called from f runs on f's thread alone: SerialBlas, also where one chunk runs on the calling
+// thread). `work` is the cost of one task in scores: tasks are grouped so that each chunk has at
+// least at::internal::GRAIN_SIZE scores, so small problems stay on the calling thread.
 template <typename F>
 void parallel_tasks(int64_t n, int64_t work, const F& f) {
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work, 1));
-  at::parallel_for(0, n, grain, f);
+  at::parallel_for(0, n, grain, [&](int64_t t0, int64_t t1) {
+    const SerialBlas serial;  // a chunk's GEMMs are block-sized (blas.h)
+    f(t0, t1);
+  });
 }
 
 inline int max_threads() { return std::max(1, at::get_num_threads()); }
