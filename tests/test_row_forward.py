@@ -1,6 +1,7 @@
-"""The CPU kernels on decoder steps and small problems (the elementwise row path, csrc/cpu/row_forward.h, and
-the bilinear GEMM blocks) against the float64 oracle: realistic inputs (un-centred, large and small scales),
-every mask and positional term, grouped keys, and the gradients of the backward that reads their lse."""
+"""The CPU kernels on decoder steps and small problems (the elementwise row path, csrc/cpu/row_forward.h, the
+bilinear family's few-rows scores for Nq <= 4 and its GEMM blocks) against the float64 oracle: realistic inputs
+(un-centred, large and small scales), every mask and positional term, grouped keys, and the gradients of the
+backward that reads their lse."""
 
 from __future__ import annotations
 

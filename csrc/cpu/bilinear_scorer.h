@@ -40,6 +40,49 @@ inline Blocks bilinear_blocks(int64_t B, int64_t Nq, int64_t Nk, bool causal, in
   return b;
 }
 
+// Query rows per block scored by few_rows_scores instead of the GEMM.
+constexpr int64_t kFewRows = 4;
+
+// S[r][j] = scale * q_r . k_j for a few query rows (decoder steps; q (nq, D), k (nk, D) row-major): the GEMM's
+// matrix-vector path on rows of D ~ 32-128 took several times its arithmetic. Four keys at a time, vectors over
+// the features; every key gets the same chain of operations (exact ties stay ties).
+template <typename T>
+void few_rows_scores(const T* q, int64_t nq, int64_t D, const T* k, int64_t nk, T scale, T* S, int64_t ldS) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  const auto sum = [](const V& a) { return at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, a); };
+  const int64_t Dw = D / W * W;
+  for (int64_t r = 0; r < nq; ++r) {
+    const T* qr = q + r * D;
+    T* s = S + r * ldS;
+    int64_t j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const T* kj = k + j * D;
+      V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+      for (int64_t d = 0; d < Dw; d += W) {
+        const V qv = V::loadu(qr + d);
+        a0 = at::vec::fmadd(qv, V::loadu(kj + d), a0);
+        a1 = at::vec::fmadd(qv, V::loadu(kj + D + d), a1);
+        a2 = at::vec::fmadd(qv, V::loadu(kj + 2 * D + d), a2);
+        a3 = at::vec::fmadd(qv, V::loadu(kj + 3 * D + d), a3);
+      }
+      T t[4] = {sum(a0), sum(a1), sum(a2), sum(a3)};
+      for (int64_t u = 0; u < 4; ++u) {
+        for (int64_t d = Dw; d < D; ++d) t[u] += qr[d] * kj[u * D + d];
+        s[j + u] = scale * t[u];
+      }
+    }
+    for (; j < nk; ++j) {
+      const T* kj = k + j * D;
+      V a(T(0));
+      for (int64_t d = 0; d < Dw; d += W) a = at::vec::fmadd(V::loadu(qr + d), V::loadu(kj + d), a);
+      T t = sum(a);
+      for (int64_t d = Dw; d < D; ++d) t += qr[d] * kj[d];
+      s[j] = scale * t;
+    }
+  }
+}
+
 // q (B, Nq, D), k (Bk, Nk, D), key_bias (Bk, Nk) or nullptr; contiguous T (query batch b reads key batch blk.kb).
 // dscore: dq (B, Nq, D) written per query block; acc[1] = dk (Bk, Nk, D), acc[2] = dkey_bias (Bk, Nk).
 template <typename T>
@@ -57,6 +100,8 @@ struct BilinearScorer {
     const int64_t b = blk.b, c = blk.kb, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
     if (kT)
       uniform_scores_dispatch<T>(q + (b * Nq + i0) * D, nq, D, kT + c * D * ldk + j0, ldk, nk, scale, S, ldS);
+    else if (nq <= kFewRows)
+      few_rows_scores<T>(q + (b * Nq + i0) * D, nq, D, k + (c * Nk + j0) * D, nk, scale, S, ldS);
     else
       gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (c * Nk + j0) * D, D, T(0), S, ldS);
     if (kb)
