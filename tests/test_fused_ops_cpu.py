@@ -446,6 +446,32 @@ def test_hard_tied_maxima_across_block_boundaries_pick_the_first(family, D, mask
     assert torch.equal(argmax[:, rows], _first_true(sees)[rows].expand(B, -1))
 
 
+# --- strided keys and values --------------------------------------------------------------------
+@pytest.mark.parametrize("pooling", ["soft", "hard", "average"])
+@pytest.mark.parametrize("nq", [1, 3, 40])  # few-rows scores, GEMM blocks
+@pytest.mark.parametrize("D", [32, 4])  # (D = 4: the small-D kernel, which copies them)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keys_and_values_read_at_their_batch_stride(pooling, nq, D, dtype):
+    """Views into a larger buffer (a KV cache's first positions: batch stride > Nk * D) and batch-expanded keys
+    (stride 0), read in place by the forward, give exactly the results of contiguous copies, and the same
+    gradients."""
+    g = torch.Generator().manual_seed(0)
+    kbuf, vbuf = (1e3 + torch.randn(6, 50, D, generator=g, dtype=dtype) for _ in range(2))
+    q = torch.randn(6, nq, D, generator=g, dtype=dtype)
+    lens = torch.tensor([[37], [5], [0], [37], [20], [36]]).repeat(1, nq)
+    kw = dict(pooling=pooling, causal=True, q_offset=37 - nq, valid_lens=lens)
+    for k, v in ((kbuf[:, :37], vbuf[:, :37]), (kbuf[:1, :37].expand(6, -1, -1), vbuf[2:3, 3:40].expand(6, -1, -1))):
+        assert not k.is_contiguous() and not v.is_contiguous()
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        copies = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+        got, want = ops.bilinear_attention(*leaves, None, 0.01, **kw), ops.bilinear_attention(*copies, None, 0.01, **kw)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+        go = torch.randn(got[0].shape, generator=g, dtype=dtype)
+        for a, b in zip(torch.autograd.grad(got[0], leaves, go), torch.autograd.grad(want[0], copies, go), strict=True):
+            assert torch.equal(a, b)
+
+
 # --- threading ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("D", [64, 1])
 def test_thread_counts_give_same_results(D):

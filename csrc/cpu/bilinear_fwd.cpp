@@ -18,7 +18,7 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      kCpuDtypes);
   check_entropy("attnzoo.bilinear_fwd", pooling, entropy, true);
   const int64_t B = q.size(0), Nq = q.size(1), D = q.size(2), Nk = k.size(1), Dv = v.size(2);
-  const auto qa = to_acc(q), ka = to_acc(k), va = to_acc(v);
+  const auto qa = to_acc(q);
   const auto kba = to_acc(key_bias);
   const Positions pos = positions_acc(bias, alibi, qa.scalar_type());
   auto mp = make_mask_params(B, Nq, Nk, valid_lens, mask, pos, pooling, causal, window);
@@ -28,14 +28,15 @@ Tensor5 bilinear_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const auto ent = empty_entropy(qa, entropy);
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "attnzoo.bilinear_fwd", [&] {
     if (!entropy && small_d_supported<scalar_t>(mp, D, Dv))
-      return small_d_run<scalar_t>(mp, qa, ka, va, kba, scale, at::Tensor(), outs);
+      return small_d_run<scalar_t>(mp, qa, to_acc(k), to_acc(v), kba, scale, at::Tensor(), outs);
+    const auto ka = rows_acc(k), va = rows_acc(v);  // (the blocks read keys and values at their batch strides)
     // A pooling that compares scores exactly (hard) gets the same arithmetic for every key.
     // (padded by the widest vector, AVX-512's, which uniform_scores may read past the last key)
     constexpr int64_t kPad = 64 / sizeof(scalar_t);
     const auto kT = pooling_traits(pooling).exact_ties ? transposed_keys(ka, D, kPad, kPad) : at::Tensor();
     const auto sc = make_bilinear_scorer<scalar_t>(qa, ka, kba, scale, at::Tensor(), kT);
     forward_cpu<scalar_t>(mp, bilinear_blocks(B, Nq, Nk, causal, window, false), Dv, va.const_data_ptr<scalar_t>(),
-                          fwd_out<scalar_t>(outs, ent), [&] { return sc; });
+                          va.stride(0), fwd_out<scalar_t>(outs, ent), [&] { return sc; });
   });
   const auto& [out, lse, argmax, soft_out] = outs;
   return {out.to(q.scalar_type()), lse, argmax, soft_out.to(q.scalar_type()), ent};

@@ -83,13 +83,15 @@ void few_rows_scores(const T* q, int64_t nq, int64_t D, const T* k, int64_t nk, 
   }
 }
 
-// q (B, Nq, D), k (Bk, Nk, D), key_bias (Bk, Nk) or nullptr; contiguous T (query batch b reads key batch blk.kb).
+// q (B, Nq, D), k (Bk, Nk, D) (dense rows, any batch stride), key_bias (Bk, Nk) or nullptr; contiguous T
+// otherwise (query batch b reads key batch blk.kb).
 // dscore: dq (B, Nq, D) written per query block; acc[1] = dk (Bk, Nk, D), acc[2] = dkey_bias (Bk, Nk).
 template <typename T>
 struct BilinearScorer {
   const T *q, *k, *kb;
   T scale;
   int64_t Nq, Nk, D;
+  int64_t k_bs;  // k's batch stride (a view into a larger buffer keeps its own)
   T* dq;
   // Forward of a pooling with exact ties: k transposed (B, D, ldk), zero-padded to ldk >= Nk + the
   // widest vector, scored by uniform_scores instead of the GEMM (nullptr: the GEMM).
@@ -101,16 +103,16 @@ struct BilinearScorer {
     if (kT)
       uniform_scores_dispatch<T>(q + (b * Nq + i0) * D, nq, D, kT + c * D * ldk + j0, ldk, nk, scale, S, ldS);
     else if (nq <= kFewRows)
-      few_rows_scores<T>(q + (b * Nq + i0) * D, nq, D, k + (c * Nk + j0) * D, nk, scale, S, ldS);
+      few_rows_scores<T>(q + (b * Nq + i0) * D, nq, D, k + c * k_bs + j0 * D, nk, scale, S, ldS);
     else
-      gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + (c * Nk + j0) * D, D, T(0), S, ldS);
+      gemm<T>(false, true, nq, nk, D, scale, q + (b * Nq + i0) * D, D, k + c * k_bs + j0 * D, D, T(0), S, ldS);
     if (kb)
       for (int64_t r = 0; r < nq; ++r) vadd(S + r * ldS, kb + c * Nk + j0, nk);
   }
 
   void dscore(const ScoreBlock& blk, const T* dS, int64_t ldS, T* const* acc) const {
     const int64_t b = blk.b, c = blk.kb, i0 = blk.i0, nq = blk.nq, j0 = blk.j0, nk = blk.nk;
-    gemm<T>(false, false, nq, D, nk, scale, dS, ldS, k + (c * Nk + j0) * D, D, T(1), dq + (b * Nq + i0) * D, D);
+    gemm<T>(false, false, nq, D, nk, scale, dS, ldS, k + c * k_bs + j0 * D, D, T(1), dq + (b * Nq + i0) * D, D);
     gemm<T>(true, false, nk, D, nq, scale, dS, ldS, q + (b * Nq + i0) * D, D, T(1), acc[1] + (c * Nk + j0) * D, D);
     if (acc[2])
       for (int64_t r = 0; r < nq; ++r) vadd(acc[2] + c * Nk + j0, dS + r * ldS, nk);
@@ -138,6 +140,7 @@ BilinearScorer<T> make_bilinear_scorer(const at::Tensor& q, const at::Tensor& k,
                            q.size(1),
                            k.size(1),
                            q.size(2),
+                           k.stride(0),
                            dq.defined() ? dq.data_ptr<T>() : nullptr,
                            kT.defined() ? kT.const_data_ptr<T>() : nullptr,
                            kT.defined() ? kT.size(2) : 0};

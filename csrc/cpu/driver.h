@@ -154,7 +154,7 @@ struct RowBlock {
 
 // The forward of pooling policy Pool (pooling.h): out, lse and the pooling's extras.
 template <typename T, typename Pool, typename MakeScorer>
-void forward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const FwdOut<T>& fo,
+void forward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, int64_t v_bs, const FwdOut<T>& fo,
                     const MakeScorer& make_scorer) {
   constexpr PoolingTraits pt = Pool::kTraits;
   const int64_t bq = blk.bq, bk = blk.bk;
@@ -183,21 +183,22 @@ void forward_blocks(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, co
         const ScoreBlock sb = rb.score(scorer, pt.scores, mp, b, i0, nq, j0, nk);
         for (int64_t r = 0; r < nq; ++r)
           pool.weigh(r, rb.masked(mp, pt.scores, r, sb), rb.ra[r], rb.re[r], nk, j0, O + r * Dv);
-        gemm<T>(false, false, nq, Dv, nk, T(1), rb.S.data(), bk, v + (sb.kb * Nk + j0) * Dv, Dv, T(1), O, Dv);
+        gemm<T>(false, false, nq, Dv, nk, T(1), rb.S.data(), bk, v + sb.kb * v_bs + j0 * Dv, Dv, T(1), O, Dv);
       }
       const int64_t kb = b / mp.kv_group;
-      const auto value = [&](int64_t j) { return v + (kb * Nk + j) * Dv; };
+      const auto value = [&](int64_t j) { return v + kb * v_bs + j * Dv; };
       for (int64_t r = 0; r < nq; ++r) pool.finish(r, b, i0 + r, O + r * Dv, value);
     }
   });
 }
 
-// out (B, Nq, Dv), lse (B, Nq) and the pooling's extras (argmax (B, Nq), soft_out (B, Nq, Dv)).
+// out (B, Nq, Dv), lse (B, Nq) and the pooling's extras (argmax (B, Nq), soft_out (B, Nq, Dv)); v (Bk, Nk, Dv) with
+// dense rows and batch stride v_bs.
 template <typename T, typename MakeScorer>
-void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, const FwdOut<T>& fo,
+void forward_cpu(const MaskParams& mp, Blocks blk, int64_t Dv, const T* v, int64_t v_bs, const FwdOut<T>& fo,
                  const MakeScorer& make_scorer) {
   dispatch_pooling(mp.pooling, [&](auto P) {
-    forward_blocks<T, typename CpuPooling<decltype(P)::value, T>::Fwd>(mp, blk, Dv, v, fo, make_scorer);
+    forward_blocks<T, typename CpuPooling<decltype(P)::value, T>::Fwd>(mp, blk, Dv, v, v_bs, fo, make_scorer);
   });
 }
 

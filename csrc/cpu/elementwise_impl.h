@@ -60,7 +60,7 @@ void elementwise_fwd_impl(const ElementwiseFwdArgs<T>& p) {
   }
   dispatch_term(x.term, [&](auto term) {
     constexpr int64_t TERM = decltype(term)::value;
-    forward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, p.out, [&] {
+    forward_cpu<T>(x.mp, Blocks{}, x.Dv, x.v, x.Nk * x.Dv, p.out, [&] {
       ElementwiseScorer<T, TERM> sc(x.a, x.b, x.w, x.Nq, x.Nk, x.H, x.profile, nullptr);
       if constexpr (TERM == kTanh)
         if (use_exp)
