@@ -43,9 +43,9 @@ inline Blocks bilinear_blocks(int64_t B, int64_t Nq, int64_t Nk, bool causal, in
 // Query rows per block scored by few_rows_scores instead of the GEMM.
 constexpr int64_t kFewRows = 4;
 
-// S[r][j] = scale * q_r . k_j for a few query rows (decoder steps; q (nq, D), k (nk, D) row-major): the GEMM's
-// matrix-vector path on rows of D ~ 32-128 took several times its arithmetic. Four keys at a time, vectors over
-// the features; every key gets the same chain of operations (exact ties stay ties).
+// S[r][j] = scale * q_r . k_j for a few query rows (decoder steps; q (nq, D), k (nk, D) row-major), instead of
+// the GEMM's matrix-vector path, the largest cost of a decoder step's op (a third of its profile). Four keys at a
+// time, vectors over the features; every key gets vdot's chain of operations.
 template <typename T>
 void few_rows_scores(const T* q, int64_t nq, int64_t D, const T* k, int64_t nk, T scale, T* S, int64_t ldS) {
   using V = Vectorized<T>;
@@ -72,14 +72,7 @@ void few_rows_scores(const T* q, int64_t nq, int64_t D, const T* k, int64_t nk, 
         s[j + u] = scale * t[u];
       }
     }
-    for (; j < nk; ++j) {
-      const T* kj = k + j * D;
-      V a(T(0));
-      for (int64_t d = 0; d < Dw; d += W) a = at::vec::fmadd(V::loadu(qr + d), V::loadu(kj + d), a);
-      T t = sum(a);
-      for (int64_t d = Dw; d < D; ++d) t += qr[d] * kj[d];
-      s[j] = scale * t;
-    }
+    for (; j < nk; ++j) s[j] = scale * vdot(qr, k + j * D, D);  // (vdot: the chain of the four above)
   }
 }
 
